@@ -1,0 +1,127 @@
+r"""Every medfusion setting with its default; experiment configs import this and change a few fields.
+
+`get_config(arg)` takes the string after the colon in `--config=configs/X.py:arg`, a comma-separated
+list of flags or key=value pairs parsed by `parse_arg` (for example `smoke` or `smoke,model=paper`).
+"""
+
+import pathlib
+
+import ml_collections
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+BUNDLED_NPZ = str(REPO / "data" / "pneumoniamnist_28.npz")
+
+
+def parse_arg(arg: str, **defaults):
+  """Parses 'smoke,model=paper' into a ConfigDict whose fields take the types of `defaults`."""
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"config argument '{key}' is not one of {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      parsed[key] = value.lower() in ("", "1", "true", "yes")
+    else:
+      parsed[key] = kind(value)
+  return parsed
+
+
+def get_config(arg: str = ""):
+  """The default config: PneumoniaMNIST, small UNet."""
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "npz"  # npz | synthetic_lesions | image_folder
+  config.data.npz = BUNDLED_NPZ  # MedMNIST-layout file (source=npz)
+  config.data.folder = ""  # root/<split>/<class>/<image> (source=image_folder)
+  config.data.tfds_data_dir = str(pathlib.Path.home() / "tensorflow_datasets")
+  config.data.num_classes = 2
+  config.data.class_names = ("normal", "pneumonia")
+  config.data.num_channels = 1
+  config.data.image_size = 32  # model resolution; smaller images are padded or resized to it
+  config.data.fit = "pad"  # pad | resize
+  config.data.train_split = "train"
+  config.data.eval_split = "val"
+  config.data.on_bad_file = "stop"  # stop | skip (image folders)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.channels = 64
+  config.model.channel_mult = (1, 2, 2)
+  config.model.num_res_blocks = 2
+  config.model.attention_resolutions = (8,)
+  config.model.dropout = 0.1
+  config.model.norm_groups = 16
+  config.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; parameters stay float32)
+
+  config.diffusion = ml_collections.ConfigDict()
+  config.diffusion.schedule = "cosine"  # cosine | shifted_cosine
+  config.diffusion.shift_base_resolution = 32  # shifted_cosine: log-SNR shift 2*log(base/image_size)
+  config.diffusion.logsnr_min = -15.0
+  config.diffusion.logsnr_max = 15.0
+  config.diffusion.prediction = "v"  # v | eps
+  config.diffusion.loss_weighting = "min_snr"  # min_snr | uniform
+  config.diffusion.min_snr_gamma = 5.0
+  config.diffusion.label_dropout = 0.1  # probability of training on the null class
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 20_000
+  config.train.batch_size = 64
+  config.train.learning_rate = 5e-4
+  config.train.warmup_steps = 500
+  config.train.weight_decay = 1e-4
+  config.train.grad_clip = 1.0
+  config.train.ema_decay = 0.999
+  config.train.log_every = 50
+  config.train.checkpoint_every = 1000
+  config.train.keep_checkpoints = 3
+  config.train.eval_every = 1000
+  config.train.progress_bar = True
+
+  # Validation during training; the best checkpoint is kept by `best_metric`.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.batch_size = 128
+  config.eval.num_examples = 256  # first N images of the eval split (fixed, so metrics are comparable)
+  config.eval.best_metric = "val/loss"
+  config.eval.best_mode = "min"  # min | max
+
+  # The diffusion classifier (medfusion.score and the classify evaluator).
+  config.classify = ml_collections.ConfigDict()
+  config.classify.num_draws = 32  # K (timestep, noise) draws per image, shared by all classes
+  config.classify.timesteps = "stratified"  # stratified | uniform
+  config.classify.t_min = 0.0
+  config.classify.t_max = 1.0
+  config.classify.error = "eps_mse"  # eps_mse | x_mse | v_mse | eps_l1
+  config.classify.batch_size = 64  # images per kernel call (padded; never recompiles)
+  config.classify.chunk_size = 256  # model evaluations per vectorized chunk (bounds memory)
+  config.classify.dtype = "float32"  # float32 | bfloat16
+  config.classify.adaptive = "none"  # none | exact | sequential
+  config.classify.draws_per_round = 4
+  config.classify.delta = 0.01  # sequential early stopping: error level of the vote-share bound
+  config.classify.prune_stages = ()  # ((draws, classes_kept), ...) staged class pruning
+  config.classify.temperature = 1.0  # overridden by the fitted value stored beside the checkpoint
+  return config
+
+
+def smoke(config):
+  """Shrinks a config to a tiny model and a few steps (< 3 minutes on 2 CPU cores)."""
+  config.model.channels = 16
+  config.model.channel_mult = (1, 2)
+  config.model.num_res_blocks = 1
+  config.model.attention_resolutions = (16,)
+  config.model.norm_groups = 4
+  config.model.dropout = 0.0
+  config.train.steps = 30
+  config.train.batch_size = 16
+  config.train.warmup_steps = 5
+  config.train.log_every = 10
+  config.train.checkpoint_every = 10
+  config.train.eval_every = 15
+  config.eval.batch_size = 32
+  config.eval.num_examples = 32
+  config.classify.num_draws = 8
+  config.classify.batch_size = 16
+  config.classify.chunk_size = 64
+  return config
