@@ -32,11 +32,15 @@ def get_config(arg: str = ""):
   del arg
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # XLA:CPU's YNNPACK path for convolutions used ~1 of 2 cores on the reference CPU; "off" measured fastest
+  # there (README, Performance). default | no_convolutions | off. Ignored on GPU/TPU.
+  config.cpu_ynnpack = "off"
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "npz"  # npz | synthetic_lesions | image_folder
   config.data.npz = BUNDLED_NPZ  # MedMNIST-layout file (source=npz)
   config.data.folder = ""  # root/<split>/<class>/<image> (source=image_folder)
+  config.data.synthetic_config = "default"  # default | smoke (source=synthetic_lesions)
   config.data.tfds_data_dir = str(pathlib.Path.home() / "tensorflow_datasets")
   config.data.num_classes = 2
   config.data.class_names = ("normal", "pneumonia")

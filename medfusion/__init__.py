@@ -1,0 +1,1 @@
+"""medfusion: class-conditional diffusion models as medical image classifiers."""

@@ -1,0 +1,118 @@
+"""Orbax checkpoints in a workdir: the latest few for resuming, and the best one by a validation metric.
+
+`workdir/checkpoints/<step>` holds the newest `keep` checkpoints and `workdir/best/<step>` the single best.
+Orbax writes each checkpoint to a temporary folder and renames it when complete, so a process killed
+mid-save leaves nothing that a restore would pick up.
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+from medfusion.errors import UserError
+
+
+class CheckpointError(UserError):
+  """A workdir without a usable checkpoint, or one that does not fit the config."""
+
+
+def _manager(directory: str, **options) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(**options),
+    item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+  )
+
+
+class Checkpoints:
+  """The train state's checkpoints in one workdir."""
+
+  def __init__(self, workdir: str, keep: int = 3, best_metric: str = "", best_mode: str = "min"):
+    self.workdir = os.path.abspath(workdir)
+    self.latest = _manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=keep, create=True)
+    self.best_metric = best_metric
+    self.best = None
+    if best_metric:
+      self.best = _manager(
+        os.path.join(self.workdir, "best"),
+        max_to_keep=1,
+        create=True,
+        best_fn=lambda m: m[best_metric],
+        best_mode=best_mode,
+      )
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> None:
+    """Saves asynchronously; the next save or `wait` finishes it."""
+    self.latest.save(step, args=_save_args(state, meta))
+
+  def save_if_best(self, step: int, state, meta: dict, metrics: dict) -> None:
+    if self.best is not None and self.best_metric in metrics:
+      self.best.save(step, args=_save_args(state, meta), metrics={self.best_metric: float(metrics[self.best_metric])})
+
+  def restore_latest(self, abstract_state):
+    """(state, meta) of the newest complete checkpoint, or None when there is none."""
+    step = self.latest.latest_step()
+    return None if step is None else restore(self.latest, step, abstract_state)
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    if self.best is not None:
+      self.best.close()
+
+
+def _save_args(state, meta):
+  return ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
+  """Restores (state, meta); a shape mismatch names the first parameter that differs."""
+  stored = manager.item_metadata(step)["state"]
+  _check_shapes(stored, abstract_state, os.path.join(str(manager.directory), str(step)))
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+  )
+  return restored["state"], restored["meta"]
+
+
+def _name(path) -> str:
+  """'params/Conv_0/kernel' for a tree path, whether its keys are dict keys or dataclass fields."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _check_shapes(stored, abstract_state, where: str) -> None:
+  stored_leaves = {_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+    name = _name(path)
+    if name not in stored_leaves:
+      raise CheckpointError(f"checkpoint {where} has no entry {name}: it was written by a different model config")
+    have = tuple(getattr(stored_leaves[name], "shape", ()))
+    if have != tuple(leaf.shape):
+      raise CheckpointError(
+        f"checkpoint {where}: {name} has shape {have} but the config's model expects {tuple(leaf.shape)}"
+      )
+
+
+def restore_for_inference(workdir: str, abstract_state, which: str = "best"):
+  """(state, meta, step) from `workdir/best` (falling back to the latest) for scoring and explaining."""
+  for sub in ("best", "checkpoints") if which == "best" else ("checkpoints",):
+    directory = os.path.join(os.path.abspath(workdir), sub)
+    if not os.path.isdir(directory):
+      continue
+    manager = _manager(directory, read_only=True)
+    step = manager.latest_step()
+    if step is not None:
+      state, meta = restore(manager, step, abstract_state)
+      manager.close()
+      return state, meta, step
+    manager.close()
+  raise CheckpointError(f"workdir {workdir} has no checkpoint (looked in best/ and checkpoints/)")

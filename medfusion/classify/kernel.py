@@ -1,0 +1,115 @@
+"""The error kernel: E[b, c, r] for B images x C classes x R draws in one jitted, sharded call.
+
+z_t is computed once per (image, draw) and reused for every class; the model runs on all
+(class, draw) pairs of the batch as one flat vector of evaluations, split into fixed-size chunks
+(`lax.map`) so memory stays bounded. Images are sharded over the mesh's `data` axis with `shard_map`:
+each device scores its own images with no communication.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from medfusion import sharding
+from medfusion.classify import draws
+from medfusion.diffusion import schedules
+from medfusion.models.unet import UNet
+
+ERRORS = ("eps_mse", "x_mse", "v_mse", "eps_l1")
+
+
+def pair_error(kind: str, output, x, eps, z, logsnr, prediction: str):
+  """Per-example error of one model output against the true x / eps / v of its draw."""
+  eps_hat, x_hat, v_hat = schedules.predict_eps_x_v(output, z, logsnr, prediction)
+  axes = tuple(range(1, x.ndim))
+  if kind == "eps_mse":
+    return jnp.mean(jnp.square(eps_hat - eps), axis=axes)
+  if kind == "eps_l1":
+    return jnp.mean(jnp.abs(eps_hat - eps), axis=axes)
+  if kind == "x_mse":
+    return jnp.mean(jnp.square(x_hat - x), axis=axes)
+  if kind == "v_mse":
+    return jnp.mean(jnp.square(v_hat - schedules.v_from_x_eps(x, eps, logsnr)), axis=axes)
+  raise ValueError(f"error='{kind}' is not one of {ERRORS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSpec:
+  """Everything that fixes the compiled kernel besides array shapes."""
+
+  seed: int
+  num_draws: int  # K: length of each image's draw sequence
+  timesteps: str
+  t_min: float
+  t_max: float
+  error: str
+  chunk_size: int  # model evaluations per lax.map step, per device
+  prediction: str
+  schedule: schedules.Schedule
+
+  @classmethod
+  def from_config(cls, config) -> "KernelSpec":
+    c = config.classify
+    return cls(
+      config.seed,
+      c.num_draws,
+      c.timesteps,
+      c.t_min,
+      c.t_max,
+      c.error,
+      c.chunk_size,
+      config.diffusion.prediction,
+      schedules.Schedule.from_config(config.diffusion, config.data.image_size),
+    )
+
+
+def local_errors(model: UNet, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
+  """Errors of one device's images: images [B,H,W,C], indices [B], draw_ids [B,R], class_ids [B,C'] -> [B,C',R]."""
+  b, r, c = images.shape[0], draw_ids.shape[1], class_ids.shape[1]
+  keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(indices)
+  t_all = jax.vmap(lambda k: draws.timesteps(k, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
+  t = jnp.take_along_axis(t_all, draw_ids, axis=1)  # [B, R]
+  eps = jax.vmap(lambda k, ds: jax.vmap(lambda d: draws.noise(k, d, images.shape[1:]))(ds))(keys, draw_ids)
+  logsnr = spec.schedule.logsnr(t)  # [B, R]
+  x = jnp.broadcast_to(images[:, None], eps.shape)  # [B, R, H, W, C]
+  z = schedules.diffuse(x.reshape(-1, *images.shape[1:]), eps.reshape(-1, *images.shape[1:]), logsnr.reshape(-1))
+
+  # Flat list of (image, class, draw) evaluations; each refers to its (image, draw) row of z.
+  row = (jnp.arange(b)[:, None, None] * r + jnp.arange(r)[None, None, :]) + jnp.zeros((1, c, 1), jnp.int32)
+  label = jnp.broadcast_to(class_ids[:, :, None], (b, c, r))
+  n = b * c * r
+  chunk = min(spec.chunk_size, n)
+  padded = -(-n // chunk) * chunk
+  row = jnp.pad(row.reshape(-1), (0, padded - n)).reshape(-1, chunk)
+  label = jnp.pad(label.reshape(-1), (0, padded - n)).reshape(-1, chunk)
+  flat_x, flat_eps, flat_logsnr = x.reshape(z.shape), eps.reshape(z.shape), logsnr.reshape(-1)
+
+  def evaluate(args):
+    rows, labels = args
+    zc, lc = z[rows], flat_logsnr[rows]
+    out = model.apply({"params": params}, zc, lc, labels)
+    return pair_error(spec.error, out, flat_x[rows], flat_eps[rows], zc, lc, spec.prediction)
+
+  errors = jax.lax.map(evaluate, (row, label)).reshape(-1)[:n]
+  return errors.reshape(b, c, r)
+
+
+@functools.lru_cache(maxsize=8)
+def make_kernel(model: UNet, spec: KernelSpec, mesh):
+  """jit(shard_map(local_errors)): (params, images, indices, draw_ids, class_ids) -> errors [B, C', R].
+
+  The batch (first) axis of every input is split over `mesh`'s data axis; params are replicated. Cached, so
+  classifiers built for the same model, spec and mesh share one compiled kernel.
+  """
+  data = P(sharding.DATA_AXIS)
+  fn = jax.shard_map(
+    functools.partial(local_errors, model, spec),
+    mesh=mesh,
+    in_specs=(P(), data, data, data, data),
+    out_specs=data,
+    check_vma=False,
+  )
+  return jax.jit(fn)

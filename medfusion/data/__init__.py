@@ -1,0 +1,1 @@
+"""Data sources (MedMNIST npz files, synthetic lesions, image folders) and the input pipeline."""

@@ -1,0 +1,181 @@
+"""The input pipeline: loads a split into memory at the model resolution and batches it.
+
+Splits are small enough (MedMNIST, synthetic lesions, modest image folders) to hold in memory as uint8,
+which makes training order a pure function of (seed, step): batch s holds examples s*B .. s*B+B-1 of an
+endless stream in which epoch e is a fixed permutation of the split. Resuming at step s, splitting a
+batch over processes or changing how many steps run at a time therefore never changes the data seen.
+"""
+
+import collections
+import dataclasses
+import functools
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from medfusion.data import image_folder
+from medfusion.data.errors import DataError
+from medfusion.data.medmnist import MedmnistNpz
+from medfusion.data.synthetic_lesions import SyntheticLesions
+
+try:  # TF only feeds data here; keep it off the accelerators JAX uses.
+  tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TF has already initialised its devices.
+  pass
+
+_RESIZE_CHUNK = 1024  # images resized per call, bounding the float32 copy
+_SEED_PAD = tf.constant(498247692, tf.int64)  # what index_shuffle prepends to a [2] seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in memory at the model resolution."""
+
+  images: np.ndarray  # uint8 [N, S, S, C]
+  labels: np.ndarray  # int32 [N]
+  masks: np.ndarray | None  # uint8 [N, S, S, 1] lesion masks when the source has them
+  skipped: tuple[str, ...] = ()  # unreadable files skipped (image folders with on_bad_file='skip')
+
+
+def _fit(images: np.ndarray, size: int, fit: str, what: str, nearest: bool = False) -> np.ndarray:
+  """Pads (centred, zeros) or resizes (antialiased; nearest for masks) uint8 [N, H, W, C] to [N, S, S, C]."""
+  if fit not in ("pad", "resize"):
+    raise ValueError(f"config.data.fit must be 'pad' or 'resize', got '{fit}'")
+  height, width = images.shape[1:3]
+  if (height, width) == (size, size):
+    return images
+  if fit == "pad":
+    if height > size or width > size:
+      raise DataError(
+        f"{what}: images are {height}x{width}, larger than config.data.image_size={size}; "
+        "set config.data.fit='resize' or a larger image_size"
+      )
+    top, left = (size - height) // 2, (size - width) // 2
+    padding = ((0, 0), (top, size - height - top), (left, size - width - left), (0, 0))
+    return np.pad(images, padding)
+  method = "nearest" if nearest else "bilinear"
+  chunks = [
+    tf.image.resize(images[i : i + _RESIZE_CHUNK], (size, size), method=method, antialias=not nearest)
+    for i in range(0, len(images), _RESIZE_CHUNK)
+  ]
+  return np.clip(np.round(np.concatenate(chunks)), 0, 255).astype(np.uint8)
+
+
+def _load_tfds(builder, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """Builds the dataset if needed and reads one split into memory, in file order."""
+  builder.download_and_prepare()
+  if split not in builder.info.splits:
+    raise DataError(f"{builder.info.full_name}: no split '{split}'; available splits: {sorted(builder.info.splits)}")
+  arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  order = np.argsort(arrays["index"], kind="stable")
+  masks = arrays["mask"][order] if "mask" in arrays else None
+  return arrays["image"][order], arrays["label"][order].astype(np.int32), masks
+
+
+def _load_folder(data_config, split: str) -> Split:
+  """Reads a split of an image folder, fitting each image size to the model resolution."""
+  names = image_folder.find_class_names(data_config.folder, tuple(data_config.class_names))
+  folder = image_folder.read_split(data_config.folder, split, data_config.num_channels, names, data_config.on_bad_file)
+  images = np.zeros(
+    (len(folder.images), data_config.image_size, data_config.image_size, data_config.num_channels), np.uint8
+  )
+  by_shape = collections.defaultdict(list)
+  for i, image in enumerate(folder.images):
+    by_shape[image.shape].append(i)
+  for indices in by_shape.values():
+    group = np.stack([folder.images[i] for i in indices])
+    images[indices] = _fit(group, data_config.image_size, data_config.fit, folder.paths[indices[0]])
+  return Split(images, folder.labels, None, folder.skipped)
+
+
+def load_split(data_config, split: str) -> Split:
+  """Loads `split` of the source named by `data_config` (config.data), at the model resolution.
+
+  Sources: 'npz' (the MedMNIST-layout file data_config.npz), 'synthetic_lesions' (tfds config
+  data_config.synthetic_config) and 'image_folder' (data_config.folder). tfds sources are built once
+  into data_config.tfds_data_dir and read from there afterwards. Raises DataError for bad or missing data.
+  """
+  source = data_config.source
+  if source == "image_folder":
+    loaded = _load_folder(data_config, split)
+  else:
+    if source == "npz":
+      builder = MedmnistNpz(
+        npz_path=data_config.npz, num_classes=data_config.num_classes, data_dir=data_config.tfds_data_dir
+      )
+    elif source == "synthetic_lesions":
+      builder = SyntheticLesions(config=data_config.synthetic_config, data_dir=data_config.tfds_data_dir)
+    else:
+      raise ValueError(f"config.data.source must be npz, synthetic_lesions or image_folder, got '{source}'")
+    images, labels, masks = _load_tfds(builder, split)
+    what = f"{builder.info.full_name} split '{split}'"
+    if images.shape[-1] != data_config.num_channels:
+      found, expected = images.shape[-1], data_config.num_channels
+      raise DataError(f"{what}: images have {found} channel(s), config.data.num_channels={expected}")
+    images = _fit(images, data_config.image_size, data_config.fit, what)
+    if masks is not None:
+      masks = _fit(masks, data_config.image_size, data_config.fit, what, nearest=True)
+    loaded = Split(images, labels, masks)
+  if loaded.labels.max() >= data_config.num_classes:
+    label, limit = loaded.labels.max(), data_config.num_classes
+    raise DataError(f"{source} split '{split}': label {label} >= config.data.num_classes={limit}")
+  return loaded
+
+
+def train_batches(
+  split: Split,
+  global_batch_size: int,
+  seed: int,
+  start_step: int = 0,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> Iterator[dict]:
+  """Endless shuffled training batches; this process's rows of each global batch, from `start_step` on.
+
+  Global batch s holds stream positions i = s*B + j (j < B); position i is example
+  index_shuffle(i % N, seed=(seed, i // N)), a fresh permutation per epoch. Yields
+  {"image": float32 [B/P, S, S, C] in [-1, 1], "label": int32 [B/P]}.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f"global batch size {global_batch_size} is not divisible by {process_count} processes")
+  num_examples, local_batch_size = len(split.labels), global_batch_size // process_count
+  first_row = process_index * local_batch_size
+
+  def gather(indices):
+    return split.images[indices], split.labels[indices]
+
+  def batch(step):
+    rows = step * global_batch_size + first_row + tf.range(local_batch_size, dtype=tf.int64)
+    # tf.random.experimental.index_shuffle(i % N, (seed, i // N), N - 1), one seed per row: its wrapper
+    # mispads [n, 2] seeds, so call the op with the [n, 3] seeds the wrapper would build from (seed, epoch).
+    fill = functools.partial(tf.fill, [local_batch_size])
+    seeds = tf.stack([fill(_SEED_PAD), fill(tf.constant(seed, tf.int64)), rows // num_examples], axis=1)
+    indices = tf.raw_ops.RandomIndexShuffle(index=rows % num_examples, seed=seeds, max_index=num_examples - 1)
+    images, labels = tf.numpy_function(gather, [indices], (tf.uint8, tf.int32), stateful=False)
+    images = tf.ensure_shape(images, (local_batch_size, *split.images.shape[1:]))
+    labels = tf.ensure_shape(labels, (local_batch_size,))
+    return {"image": tf.cast(images, tf.float32) / 127.5 - 1.0, "label": labels}
+
+  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  dataset = steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def eval_batches(split: Split, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[dict]:
+  """Examples [start, stop) in order, in batches padded to `batch_size` so shapes never change.
+
+  Yields {"image": float32 [batch_size, S, S, C] in [-1, 1], "label": int32, "index": int32 (example
+  index, -1 for padding), "valid": bool}; padding rows are zero images with label 0.
+  """
+  stop = len(split.labels) if stop is None else min(stop, len(split.labels))
+  for first in range(start, stop, batch_size):
+    count = min(batch_size, stop - first)
+    image = np.zeros((batch_size, *split.images.shape[1:]), np.float32)
+    image[:count] = split.images[first : first + count].astype(np.float32) / 127.5 - 1.0
+    label = np.zeros(batch_size, np.int32)
+    label[:count] = split.labels[first : first + count]
+    index = np.full(batch_size, -1, np.int32)
+    index[:count] = np.arange(first, first + count)
+    yield {"image": image, "label": label, "index": index, "valid": index >= 0}

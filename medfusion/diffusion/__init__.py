@@ -1,0 +1,1 @@
+"""Continuous-time diffusion on the log-SNR scale: schedules, conversions and losses (pure functions)."""

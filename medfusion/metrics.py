@@ -1,0 +1,215 @@
+"""Classification, calibration and selective-prediction metrics for the diffusion classifier and baselines.
+
+Every function is a pure function of numpy arrays. Labels are integer class ids in [0, C); probabilities are
+[N, C] rows summing to 1. Standard scores come from scikit-learn; this module adds what it lacks: specificity,
+top-label ECE, risk-coverage curves, temperature scaling and the diffusion classifier's uncertainty scores.
+"""
+
+import numpy as np
+import scipy.optimize
+import scipy.special
+from numpy.typing import ArrayLike
+from sklearn import metrics as skm
+
+_MARGIN_EPS = 1e-12
+
+
+def _labels_and_scores(labels: ArrayLike, scores: ArrayLike, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
+  """Returns labels as int [N] and scores as float [N, C], raising ValueError if they do not fit together."""
+  labels = np.asarray(labels)
+  scores = np.asarray(scores, dtype=np.float64)
+  if scores.ndim != 2 or scores.shape[1] < 2:
+    raise ValueError(f"{name} must have shape [N, C] with C >= 2, got {scores.shape}")
+  if labels.shape != scores.shape[:1]:
+    raise ValueError(f"labels must have shape [{scores.shape[0]}] to match {name}, got {labels.shape}")
+  num_classes = scores.shape[1]
+  in_range = labels.size == 0 or (labels.min() >= 0 and labels.max() < num_classes)
+  if not np.issubdtype(labels.dtype, np.integer) or not in_range:
+    found = f"{labels.dtype} values {np.unique(labels)[:10]}"
+    raise ValueError(f"labels must be integers in [0, {num_classes}), got {found}")
+  return labels, scores
+
+
+def _correct_and_confidence(correct: ArrayLike, confidence: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+  """Returns correct as bool [N] and confidence as float [N], raising ValueError if they do not fit."""
+  correct = np.asarray(correct, dtype=bool)
+  confidence = np.asarray(confidence, dtype=np.float64)
+  if correct.ndim != 1 or correct.size == 0:
+    raise ValueError(f"correct must be a non-empty 1-D array, got shape {correct.shape}")
+  if confidence.shape != correct.shape:
+    raise ValueError(f"confidence must have shape {correct.shape} to match correct, got {confidence.shape}")
+  return correct, confidence
+
+
+def classification_metrics(
+  labels: ArrayLike, probs: ArrayLike, preds: ArrayLike | None = None, confidence: ArrayLike | None = None
+) -> dict[str, float]:
+  """The standard report for one classifier on one evaluation set.
+
+  Binary problems (C = 2) score class 1 as the positive class. Multi-class problems report macro averages
+  (auc and specificity one-vs-rest) over the classes seen in labels or preds, as scikit-learn does; auc
+  averages over the classes in labels only. Undefined ratios count as 0 (scikit-learn's zero_division=0),
+  except auc, which is NaN when labels hold a single class.
+
+  Args:
+    labels: int [N], the true classes.
+    probs: float [N, C], class probabilities; ece always uses their top-label confidence and argmax.
+    preds: int [N], the predicted classes (e.g. a majority vote); argmax(probs) if None.
+    confidence: float [N], how sure each prediction is (e.g. vote share), used for aurc; max(probs) if None.
+
+  Returns:
+    accuracy, balanced_accuracy, auc, f1, precision, recall, specificity, ece and aurc as floats.
+  """
+  labels, probs = _labels_and_scores(labels, probs)
+  num_classes = probs.shape[1]
+  preds = probs.argmax(axis=1) if preds is None else np.asarray(preds)
+  if preds.shape != labels.shape:
+    raise ValueError(f"preds must have shape {labels.shape} to match labels, got {preds.shape}")
+  confidence = probs.max(axis=1) if confidence is None else confidence
+  binary = num_classes == 2
+
+  present = np.unique(labels)
+  if present.size < 2:
+    auc = float("nan")
+  elif binary:
+    auc = skm.roc_auc_score(labels, probs[:, 1])
+  else:
+    auc = skm.roc_auc_score(np.eye(num_classes)[labels][:, present], probs[:, present], average="macro")
+
+  average = "binary" if binary else "macro"
+  kwargs = dict(average=average, zero_division=0)
+  # One-vs-rest confusion per class: [K, 2, 2] of [[tn, fp], [fn, tp]].
+  confusion = skm.multilabel_confusion_matrix(labels, preds, labels=[1] if binary else None)
+  tn, fp = confusion[:, 0, 0], confusion[:, 0, 1]
+  specificity = np.divide(tn, tn + fp, out=np.zeros(tn.shape), where=tn + fp > 0).mean()
+
+  return {
+    "accuracy": float(skm.accuracy_score(labels, preds)),
+    "balanced_accuracy": float(skm.balanced_accuracy_score(labels, preds)),
+    "auc": float(auc),
+    "f1": float(skm.f1_score(labels, preds, **kwargs)),
+    "precision": float(skm.precision_score(labels, preds, **kwargs)),
+    "recall": float(skm.recall_score(labels, preds, **kwargs)),
+    "specificity": float(specificity),
+    "ece": expected_calibration_error(labels, probs),
+    "aurc": aurc(preds == labels, confidence),
+  }
+
+
+def expected_calibration_error(labels: ArrayLike, probs: ArrayLike, num_bins: int = 15) -> float:
+  """Top-label expected calibration error: how far confidence is from accuracy, averaged over samples.
+
+  Confidence is max(probs) and the prediction argmax(probs). Samples fall into `num_bins` equal-width bins
+  (lower, upper] on [0, 1]; ECE is the sample-weighted mean of |accuracy - mean confidence| over bins.
+  """
+  labels, probs = _labels_and_scores(labels, probs)
+  if num_bins < 1:
+    raise ValueError(f"num_bins must be positive, got {num_bins}")
+  confidence = probs.max(axis=1)
+  correct = probs.argmax(axis=1) == labels
+  bins = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0, num_bins - 1)
+  gap = np.bincount(bins, weights=correct - confidence, minlength=num_bins)
+  return float(np.abs(gap).sum() / labels.size)
+
+
+def risk_coverage(correct: ArrayLike, confidence: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+  """The risk-coverage curve of selective prediction: error rate when keeping only the k most confident.
+
+  Samples are ranked by confidence, highest first. Within a group of tied confidences the errors are spread
+  evenly (the expectation over all orders of the group), so the curve never depends on input order.
+
+  Args:
+    correct: bool [N], whether each prediction is right.
+    confidence: float [N], higher means surer.
+
+  Returns:
+    coverage [N] = k / N and risk [N] = error rate among the k most confident, for k = 1..N.
+  """
+  correct, confidence = _correct_and_confidence(correct, confidence)
+  num = correct.size
+  order = np.argsort(-confidence, kind="stable")
+  errors = np.concatenate([[0.0], np.cumsum(~correct[order])])  # errors[k]: errors among the first k.
+  _, starts, sizes = np.unique(-confidence[order], return_index=True, return_counts=True)
+  group_start = np.repeat(starts, sizes)  # For each rank, how many samples rank above its tie group.
+  group_end = group_start + np.repeat(sizes, sizes)
+  kept = np.arange(1, num + 1)
+  group_errors = errors[group_end] - errors[group_start]
+  expected_errors = errors[group_start] + group_errors * (kept - group_start) / (group_end - group_start)
+  return kept / num, expected_errors / kept
+
+
+def aurc(correct: ArrayLike, confidence: ArrayLike) -> float:
+  """Area under the risk-coverage curve (mean risk over k = 1..N); lower means errors rank less confident."""
+  return float(risk_coverage(correct, confidence)[1].mean())
+
+
+def accuracy_at_coverage(correct: ArrayLike, confidence: ArrayLike, coverage: float) -> float:
+  """Accuracy on the most confident `coverage` fraction, i.e. after setting the least certain cases aside.
+
+  Keeps ceil(coverage * N) samples (at least one); ties are handled as in `risk_coverage`.
+  """
+  if not 0 < coverage <= 1:
+    raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+  _, risk = risk_coverage(correct, confidence)
+  kept = max(1, int(np.ceil(coverage * risk.size - 1e-9)))
+  return float(1.0 - risk[kept - 1])
+
+
+def softmax_with_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
+  """softmax(logits / temperature) over the last axis, computed stably for any logit scale."""
+  if not temperature > 0:
+    raise ValueError(f"temperature must be positive, got {temperature}")
+  return scipy.special.softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
+
+
+def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
+  """The temperature T > 0 that minimises the mean NLL of softmax(logits / T) on held-out labels.
+
+  Works at any logit scale, including the diffusion classifier's logits (minus mean denoising error, whose
+  class differences are ~1e-3..1e-1, so T can be ~1e-3): a grid over log T in [-12, 12] finds the basin and
+  a bounded scalar search refines it.
+
+  Args:
+    logits: float [N, C], e.g. negative mean errors per class.
+    labels: int [N], the true classes.
+  """
+  labels, logits = _labels_and_scores(labels, logits, "logits")
+  rows = np.arange(labels.size)
+
+  def nll(log_t: float) -> float:
+    return -scipy.special.log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean()
+
+  step = 0.25
+  grid = np.arange(-12.0, 12.0 + step / 2, step)
+  best = grid[np.argmin([nll(log_t) for log_t in grid])]
+  bounds = (max(best - step, -12.0), min(best + step, 12.0))
+  result = scipy.optimize.minimize_scalar(nll, bounds=bounds, method="bounded", options={"xatol": 1e-6})
+  return float(np.exp(result.x))
+
+
+def vote_entropy(votes: ArrayLike) -> np.ndarray:
+  """Entropy in nats of each row's vote distribution votes / sum(votes): 0 if unanimous, ln C if split evenly.
+
+  Args:
+    votes: non-negative [N, C] vote counts (or weights), each row with a positive total.
+  """
+  votes = np.asarray(votes, dtype=np.float64)
+  if votes.ndim != 2:
+    raise ValueError(f"votes must have shape [N, C], got {votes.shape}")
+  totals = votes.sum(axis=1, keepdims=True)
+  if (votes < 0).any() or (totals <= 0).any():
+    raise ValueError("votes must be non-negative with a positive total in every row")
+  return scipy.special.entr(votes / totals).sum(axis=1)
+
+
+def normalised_margin(mean_errors: ArrayLike) -> np.ndarray:
+  """How clearly the best class wins: (second-lowest - lowest mean error) / lowest mean error, per row.
+
+  Args:
+    mean_errors: non-negative [N, C] mean denoising error per class, C >= 2; lower means more likely.
+  """
+  mean_errors = np.asarray(mean_errors, dtype=np.float64)
+  if mean_errors.ndim != 2 or mean_errors.shape[1] < 2:
+    raise ValueError(f"mean_errors must have shape [N, C] with C >= 2, got {mean_errors.shape}")
+  lowest, second = np.sort(mean_errors, axis=1)[:, :2].T
+  return (second - lowest) / np.maximum(lowest, _MARGIN_EPS)

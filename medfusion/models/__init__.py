@@ -1,0 +1,1 @@
+"""Networks: the class-conditional UNet denoiser and the discriminative baseline."""

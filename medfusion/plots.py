@@ -1,0 +1,101 @@
+"""PNG plots of evaluation results, drawn off-screen and written atomically.
+
+Figures are built with matplotlib's object API on the Agg canvas, so no display is needed and pyplot's global
+state is never touched. Each PNG is written to a temporary file in the destination folder and moved into place
+with os.replace, so a killed process leaves either the old file or the new one, never half a PNG.
+"""
+
+import os
+import uuid
+from collections.abc import Mapping
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+
+
+def _new_axes(xlabel: str, ylabel: str, title: str):
+  """A fresh Agg figure with one labelled, gridded axes."""
+  figure = Figure(figsize=(6, 4.5), dpi=120)
+  FigureCanvasAgg(figure)
+  axes = figure.add_subplot()
+  axes.set_xlabel(xlabel)
+  axes.set_ylabel(ylabel)
+  axes.set_title(title)
+  axes.grid(True, alpha=0.3)
+  return figure, axes
+
+
+def _save_atomically(figure: Figure, path: str | os.PathLike) -> None:
+  """Writes `figure` as a PNG at `path` via a temporary file in the same folder and os.replace."""
+  folder, name = os.path.split(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+  try:
+    with open(temporary, "xb") as file:
+      figure.savefig(file, format="png", bbox_inches="tight")
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def save_risk_coverage_png(
+  path: str | os.PathLike, curves: Mapping[str, tuple[ArrayLike, ArrayLike]], title: str
+) -> None:
+  """Plots one risk-coverage curve per name (e.g. 'vote', 'mean'), with each curve's AURC in the legend.
+
+  Args:
+    path: where the PNG goes.
+    curves: name -> (coverage [N], risk [N]) as returned by `medfusion.metrics.risk_coverage`.
+    title: the plot title.
+  """
+  figure, axes = _new_axes("coverage", "risk (error rate)", title)
+  for name, (coverage, risk) in curves.items():
+    coverage, risk = np.asarray(coverage), np.asarray(risk)
+    if coverage.shape != risk.shape:
+      raise ValueError(f"curves['{name}']: coverage {coverage.shape} and risk {risk.shape} differ in shape")
+    axes.plot(coverage, risk, label=f"{name} (AURC {risk.mean():.4f})")
+  axes.set_xlim(0, 1)
+  axes.set_ylim(bottom=0)
+  if curves:
+    axes.legend()
+  _save_atomically(figure, path)
+
+
+def save_line_plot_png(
+  path: str | os.PathLike,
+  x: ArrayLike,
+  ys: Mapping[str, ArrayLike],
+  xlabel: str,
+  ylabel: str,
+  title: str,
+  logx: bool = False,
+) -> None:
+  """Plots named series against a shared x (e.g. accuracy against number of draws) as one PNG.
+
+  Args:
+    path: where the PNG goes.
+    x: [M] shared x values.
+    ys: name -> [M] y values.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    title: the plot title.
+    logx: whether the x axis is logarithmic.
+  """
+  x = np.asarray(x)
+  figure, axes = _new_axes(xlabel, ylabel, title)
+  for name, y in ys.items():
+    y = np.asarray(y)
+    if y.shape != x.shape:
+      raise ValueError(f"ys['{name}'] must have shape {x.shape} to match x, got {y.shape}")
+    axes.plot(x, y, marker="o", markersize=3, label=name)
+  if logx:
+    axes.set_xscale("log")
+  if ys:
+    axes.legend()
+  _save_atomically(figure, path)

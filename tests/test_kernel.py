@@ -1,0 +1,95 @@
+"""The vectorized error kernel against a naive loop over classes and draws."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from medfusion import sharding
+from medfusion import state as state_lib
+from medfusion.classify import classifier, draws, kernel
+from medfusion.diffusion import schedules
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = default.smoke(default.get_config())
+  config.classify.num_draws = 8
+  config.classify.batch_size = 4
+  config.classify.chunk_size = 12  # does not divide B*C*K: exercises the padded last chunk
+  model = state_lib.make_model(config)
+  params = jax.jit(lambda: state_lib.init_params(config, model))()
+  # Perturb the zero-initialised output layers so the classes differ.
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(3), p.shape), params)
+  images = np.asarray(jax.random.uniform(jax.random.key(4), (4, 32, 32, 1), minval=-1, maxval=1))
+  return config, model, params, images
+
+
+def naive_errors(config, model, params, images, indices):
+  spec = kernel.KernelSpec.from_config(config)
+  k, c = config.classify.num_draws, config.data.num_classes
+  out = np.zeros((len(images), c, k))
+  apply = jax.jit(model.apply)
+  for b, (image, index) in enumerate(zip(images, indices, strict=True)):
+    key = draws.image_key(config.seed, int(index))
+    ts = draws.timesteps(key, k, spec.timesteps, spec.t_min, spec.t_max)
+    for d in range(k):
+      eps = draws.noise(key, d, image.shape)[None]
+      logsnr = spec.schedule.logsnr(ts[d])[None]
+      z = schedules.diffuse(jnp.asarray(image)[None], eps, logsnr)
+      for cls in range(c):
+        pred = apply({"params": params}, z, logsnr, jnp.array([cls]))
+        err = kernel.pair_error(spec.error, pred, image[None], eps, z, logsnr, spec.prediction)
+        out[b, cls, d] = float(err[0])
+  return out
+
+
+def test_kernel_equals_naive_loop(setup):
+  config, model, params, images = setup
+  indices = np.array([7, 0, 3, 11])
+  clf = classifier.DiffusionClassifier(config, params)
+  k, c = config.classify.num_draws, config.data.num_classes
+  errors = clf.errors(images, indices, np.broadcast_to(np.arange(k), (4, k)), np.broadcast_to(np.arange(c), (4, c)))
+  np.testing.assert_allclose(errors, naive_errors(config, model, params, images, indices), rtol=2e-4, atol=1e-6)
+
+
+def test_score_does_not_depend_on_batch_size_or_order(setup):
+  config, _, params, images = setup
+  indices = np.array([7, 0, 3, 11])
+  full = classifier.DiffusionClassifier(config, params).score(images, indices)
+  config = config.copy_and_resolve_references()
+  config.classify.batch_size = 2
+  halves = classifier.DiffusionClassifier(config, params).score(images[::-1].copy(), indices[::-1].copy())
+  np.testing.assert_allclose(halves.mean_errors[::-1], full.mean_errors, rtol=1e-5)
+  np.testing.assert_array_equal(halves.votes[::-1], full.votes)
+
+
+def test_adaptive_exact_matches_full_budget(setup):
+  config, _, params, images = setup
+  indices = np.arange(4)
+  full = classifier.DiffusionClassifier(config, params).score(images, indices)
+  config = config.copy_and_resolve_references()
+  config.classify.adaptive = "exact"
+  config.classify.draws_per_round = 2
+  adaptive = classifier.DiffusionClassifier(config, params).score(images, indices)
+  from medfusion.classify import aggregate
+
+  np.testing.assert_array_equal(
+    aggregate.vote_prediction(adaptive.votes, adaptive.mean_errors),
+    aggregate.vote_prediction(full.votes, full.mean_errors),
+  )
+  assert adaptive.nfe.sum() <= full.nfe.sum()
+  assert (full.nfe == config.classify.num_draws * config.data.num_classes).all()
+
+
+def test_nan_image_is_rejected(setup):
+  config, _, params, images = setup
+  bad = images.copy()
+  bad[2, 0, 0, 0] = np.nan
+  with pytest.raises(FloatingPointError, match="image 5"):
+    classifier.DiffusionClassifier(config, params).score(bad, np.array([3, 4, 5, 6]))
+
+
+def test_mesh_is_one_device_here():
+  assert sharding.make_mesh().devices.size == jax.device_count()

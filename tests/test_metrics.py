@@ -1,0 +1,164 @@
+"""Tests for medfusion.metrics and medfusion.plots on small hand-made cases with known answers."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from medfusion import metrics, plots
+
+
+def test_perfect_classifier():
+  labels = np.array([0, 1, 0, 1, 1])
+  probs = np.where(np.eye(2)[labels] == 1, 0.99, 0.01)
+  result = metrics.classification_metrics(labels, probs)
+  assert set(result) == {
+    "accuracy",
+    "balanced_accuracy",
+    "auc",
+    "f1",
+    "precision",
+    "recall",
+    "specificity",
+    "ece",
+    "aurc",
+  }
+  for key in ("accuracy", "balanced_accuracy", "auc", "f1", "precision", "recall", "specificity"):
+    assert result[key] == pytest.approx(1.0), key
+  assert result["ece"] == pytest.approx(0.01)
+  assert result["aurc"] == 0.0
+
+
+def test_binary_specificity_precision_recall():
+  labels = np.array([0, 0, 0, 1, 1])
+  preds = np.array([0, 1, 0, 1, 0])
+  probs = np.full((5, 2), 0.5)
+  result = metrics.classification_metrics(labels, probs, preds=preds)
+  assert result["specificity"] == pytest.approx(2 / 3)  # TN = 2, FP = 1.
+  assert result["recall"] == pytest.approx(1 / 2)  # TP = 1, FN = 1.
+  assert result["precision"] == pytest.approx(1 / 2)  # TP = 1, FP = 1.
+  assert result["accuracy"] == pytest.approx(3 / 5)
+  assert result["auc"] == pytest.approx(0.5)
+
+
+def test_multiclass_specificity_is_one_vs_rest_macro():
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  preds = np.array([0, 1, 1, 1, 2, 0])
+  probs = np.full((6, 3), 1 / 3)
+  # Each class has 4 negatives; false positives: class 0 one (sample 5), class 1 one (sample 1), class 2 none.
+  expected = np.mean([3 / 4, 3 / 4, 4 / 4])
+  assert metrics.classification_metrics(labels, probs, preds=preds)["specificity"] == pytest.approx(expected)
+
+
+def test_multiclass_auc_matches_sklearn_macro_ovr():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, size=200)
+  probs = rng.dirichlet(np.ones(3), size=200) + 0.3 * np.eye(3)[labels]
+  probs /= probs.sum(axis=1, keepdims=True)
+  expected = roc_auc_score(labels, probs, multi_class="ovr", average="macro")
+  assert metrics.classification_metrics(labels, probs)["auc"] == pytest.approx(expected)
+
+
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # sklearn balanced accuracy
+def test_auc_is_nan_with_one_class():
+  labels = np.zeros(4, dtype=int)
+  probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.7, 0.3]])
+  assert math.isnan(metrics.classification_metrics(labels, probs)["auc"])
+
+
+def test_ece_two_bins_by_hand():
+  labels = np.array([0, 1, 0, 0])
+  probs = np.array([[0.4, 0.3, 0.3], [0.4, 0.3, 0.3], [0.9, 0.05, 0.05], [0.7, 0.2, 0.1]])
+  # Bin (0, 0.5]: accuracy 1/2, mean confidence 0.4. Bin (0.5, 1]: accuracy 1, mean confidence 0.8.
+  expected = 0.5 * abs(0.5 - 0.4) + 0.5 * abs(1.0 - 0.8)
+  assert metrics.expected_calibration_error(labels, probs, num_bins=2) == pytest.approx(expected)
+
+
+def test_risk_coverage_and_aurc_by_hand():
+  # By confidence 0.9, 0.8, 0.7, 0.6 the predictions are right, wrong, right, right; given shuffled.
+  correct = np.array([True, True, False, True])
+  confidence = np.array([0.6, 0.9, 0.8, 0.7])
+  coverage, risk = metrics.risk_coverage(correct, confidence)
+  np.testing.assert_allclose(coverage, [0.25, 0.5, 0.75, 1.0])
+  np.testing.assert_allclose(risk, [0.0, 1 / 2, 1 / 3, 1 / 4])
+  assert metrics.aurc(correct, confidence) == pytest.approx((0 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def test_risk_coverage_ties_do_not_depend_on_order():
+  confidence = np.array([0.9, 0.5, 0.5])
+  _, risk = metrics.risk_coverage([True, True, False], confidence)
+  _, risk_swapped = metrics.risk_coverage([True, False, True], confidence)
+  # The tied pair holds one error: half an error expected once one of the two is kept.
+  np.testing.assert_allclose(risk, [0.0, 0.5 / 2, 1 / 3])
+  np.testing.assert_allclose(risk_swapped, risk)
+
+
+def test_accuracy_at_coverage():
+  correct = np.array([True, True, False, True])
+  confidence = np.array([0.6, 0.9, 0.8, 0.7])
+  assert metrics.accuracy_at_coverage(correct, confidence, 0.25) == pytest.approx(1.0)
+  assert metrics.accuracy_at_coverage(correct, confidence, 0.5) == pytest.approx(0.5)
+  assert metrics.accuracy_at_coverage(correct, confidence, 1.0) == pytest.approx(0.75)
+  # 0.7 * 10 is 7.000000000000001 in floating point; still keeps exactly 7 of 10.
+  ten = np.arange(10) < 7
+  assert metrics.accuracy_at_coverage(ten, -np.arange(10.0), 0.7) == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="coverage"):
+    metrics.accuracy_at_coverage(correct, confidence, 0.0)
+
+
+def test_confidence_argument_drives_aurc():
+  labels = np.array([0, 1, 0, 1])
+  probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.2, 0.8]])  # Samples 1 and 2 are wrong.
+  honest = metrics.classification_metrics(labels, probs, confidence=[1.0, 0.1, 0.1, 1.0])
+  assert honest["aurc"] == pytest.approx((0 + 0 + 1 / 3 + 2 / 4) / 4)
+  with pytest.raises(ValueError, match="confidence"):
+    metrics.classification_metrics(labels, probs, confidence=[1.0, 0.5])
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-3])
+def test_fit_temperature_recovers_known_temperature(scale):
+  rng = np.random.default_rng(1)
+  true_temperature = 2.0
+  logits = rng.normal(scale=3.0, size=(20000, 4))
+  labels = np.argmax(logits / true_temperature + rng.gumbel(size=logits.shape), axis=1)  # ~ softmax(z / T).
+  fitted = metrics.fit_temperature(scale * logits, labels)
+  assert fitted == pytest.approx(scale * true_temperature, rel=0.2)
+
+
+def test_softmax_with_temperature_is_stable():
+  probs = metrics.softmax_with_temperature(np.array([[1000.0, 0.0], [-1e-3, 0.0]]), 1e-3)
+  np.testing.assert_allclose(probs, [[1.0, 0.0], [1 / (1 + math.e), math.e / (1 + math.e)]])
+  with pytest.raises(ValueError, match="temperature"):
+    metrics.softmax_with_temperature(np.zeros((1, 2)), 0.0)
+
+
+def test_vote_entropy():
+  np.testing.assert_allclose(metrics.vote_entropy([[5, 0], [1, 1], [2, 2]]), [0.0, math.log(2), math.log(2)])
+
+
+def test_normalised_margin():
+  margin = metrics.normalised_margin([[3.0, 1.0, 1.5], [0.0, 0.1, 0.2]])
+  assert margin[0] == pytest.approx(0.5)
+  assert np.isfinite(margin[1]) and margin[1] > 1e9
+
+
+def test_plots_write_readable_png_and_no_temp_files(tmp_path):
+  coverage, risk = metrics.risk_coverage([True, False, True, True], [0.9, 0.8, 0.7, 0.6])
+  risk_path = tmp_path / "risk.png"
+  plots.save_risk_coverage_png(risk_path, {"vote": (coverage, risk), "mean": (coverage, risk[::-1])}, "test")
+  plots.save_risk_coverage_png(risk_path, {"vote": (coverage, risk)}, "overwritten")
+  line_path = tmp_path / "sub" / "lines.png"
+  ys = {"accuracy": [0.5, 0.6, 0.7, 0.8]}
+  plots.save_line_plot_png(line_path, [1, 2, 4, 8], ys, "draws", "accuracy", "t", logx=True)
+  for path in (risk_path, line_path):
+    with Image.open(path) as image:
+      assert image.format == "PNG"
+      image.verify()
+  assert sorted(os.listdir(tmp_path)) == ["risk.png", "sub"]
+  assert os.listdir(tmp_path / "sub") == ["lines.png"]
+  with pytest.raises(ValueError, match="ys"):
+    plots.save_line_plot_png(tmp_path / "bad.png", [1, 2], {"accuracy": [0.5]}, "x", "y", "t")
+  assert not (tmp_path / "bad.png").exists()
