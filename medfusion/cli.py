@@ -13,8 +13,8 @@ USER_ERRORS = (errors.UserError, FileNotFoundError, FloatingPointError)
 def setup(config) -> None:
   """Logging to stderr and process-wide XLA settings; call before the first JAX operation."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  for noisy in ("absl", "jax._src", "orbax", "tensorflow"):  # library chatter, incl. tfds and orbax via absl
+    logging.getLogger(noisy).setLevel(logging.ERROR)
   platform.configure_cpu(config.cpu_ynnpack)
 
 

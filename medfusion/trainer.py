@@ -56,7 +56,7 @@ def make_train_step(config, model, optimizer, mesh):
     decay = jnp.minimum(config.train.ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "learning_rate": lr_schedule(state.step)}
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr_schedule(state.step)}
     return new_state, metrics
 
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)

@@ -1,8 +1,32 @@
-"""Test setup: the repository root on sys.path (for `configs`), small thread pools, quiet TensorFlow."""
+"""Test setup: repository root on sys.path (for `configs`), a persistent XLA compilation cache shared with the
+subprocesses the tests start (identical programs compile once per suite), quiet TensorFlow."""
 
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  """One tfds data dir for the whole session, so each dataset is built once."""
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def run_python(args, env_extra=None, timeout=600, check=True):
+  """Runs `python args...` from the repository root; returns the CompletedProcess."""
+  import subprocess
+
+  env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
+  proc = subprocess.run(
+    [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+  )
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+  return proc
