@@ -30,7 +30,10 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int = 3, best_metric: str = "", best_mode: str = "min"):
     self.workdir = os.path.abspath(workdir)
-    self.latest = _manager(os.path.join(self.workdir, "checkpoints"), max_to_keep=keep, create=True)
+    # cleanup_tmp_directories: a save cut short by SIGKILL leaves a *.orbax-checkpoint-tmp folder; drop it.
+    self.latest = _manager(
+      os.path.join(self.workdir, "checkpoints"), max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    )
     self.best_metric = best_metric
     self.best = None
     if best_metric:
