@@ -93,6 +93,7 @@ def _name(path) -> str:
 
 
 def _check_shapes(stored, abstract_state, where: str) -> None:
+  stored = getattr(stored, "tree", stored)
   stored_leaves = {_name(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
   for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
     name = _name(path)
@@ -119,3 +120,25 @@ def restore_for_inference(workdir: str, abstract_state, which: str = "best"):
       return state, meta, step
     manager.close()
   raise CheckpointError(f"workdir {workdir} has no checkpoint (looked in best/ and checkpoints/)")
+
+
+EXPORT_DIR = "params"
+
+
+def export_params(params, directory: str) -> None:
+  """Writes EMA parameters alone (no optimizer state) to `directory/params`: a shippable model."""
+  checkpointer = ocp.StandardCheckpointer()
+  path = os.path.join(os.path.abspath(directory), EXPORT_DIR)
+  checkpointer.save(path, params, force=True)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+
+
+def load_exported_params(directory: str, abstract_params):
+  """Parameters written by `export_params`; a shape mismatch names the first parameter that differs."""
+  path = os.path.join(os.path.abspath(directory), EXPORT_DIR)
+  checkpointer = ocp.StandardCheckpointer()
+  _check_shapes(checkpointer.metadata(path).item_metadata, abstract_params, path)
+  params = checkpointer.restore(path, abstract_params)
+  checkpointer.close()
+  return params

@@ -26,16 +26,36 @@ from medfusion.writers import write_json_atomic
 log = logging.getLogger("medfusion")
 
 CALIBRATION_FILE = "calibration.json"
+EXPORT_META = "export.json"
 COVERAGES = (0.5, 0.8, 0.9)
 
 
 def load_ema_params(config, workdir: str):
-  """(EMA params, checkpoint step) of the workdir's best checkpoint, else its latest."""
+  """(EMA params, checkpoint step) of an exported model (`workdir/params`, e.g. pretrained/), else of the
+  workdir's best checkpoint, else its latest."""
   model = state_lib.make_model(config)
   optimizer = state_lib.make_optimizer(config.train)
   abstract = state_lib.abstract_state(config, model, optimizer, sharding.replicated(sharding.make_mesh()))
+  if os.path.isdir(os.path.join(workdir, checkpoint.EXPORT_DIR)):
+    with open(os.path.join(workdir, EXPORT_META)) as f:
+      step = json.load(f)["checkpoint_step"]
+    return checkpoint.load_exported_params(workdir, abstract.ema_params), step
   state, _, step = checkpoint.restore_for_inference(workdir, abstract)
   return state.ema_params, step
+
+
+def export(config, workdir: str, output: str) -> int:
+  """Copies the workdir's best EMA parameters, calibration and config into `output` (a shippable model)."""
+  params, step = load_ema_params(config, workdir)
+  os.makedirs(output, exist_ok=True)
+  checkpoint.export_params(params, output)
+  write_json_atomic(os.path.join(output, EXPORT_META), {"checkpoint_step": step, "source_workdir": workdir})
+  write_json_atomic(os.path.join(output, "config.json"), json.loads(config.to_json_best_effort()))
+  calibration = os.path.join(workdir, CALIBRATION_FILE)
+  if os.path.exists(calibration):
+    with open(calibration) as f:
+      write_json_atomic(os.path.join(output, CALIBRATION_FILE), json.load(f))
+  return step
 
 
 def temperature_for(config, workdir: str, step: int) -> float | None:

@@ -1,0 +1,110 @@
+"""Batch scoring end to end on a tiny model trained on synthetic lesions."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import run_python
+
+from configs import synthetic_lesions
+from medfusion import scoring, trainer
+
+
+@pytest.fixture(scope="module")
+def lesion_model(tmp_path_factory, tfds_dir):
+  """The smoke UNet trained for 300 steps on synthetic_lesions:smoke."""
+  workdir = str(tmp_path_factory.mktemp("lesions"))
+  config = synthetic_lesions.get_config("smoke")
+  config.data.tfds_data_dir = tfds_dir
+  config.train.steps = 300
+  config.train.learning_rate = 2e-3
+  config.train.progress_bar = False
+  config.train.eval_every = 300
+  config.train.checkpoint_every = 300
+  trainer.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+@pytest.fixture(scope="module")
+def scored(lesion_model, tmp_path_factory):
+  config, workdir = lesion_model
+  output = str(tmp_path_factory.mktemp("scores"))
+  return config, workdir, output, scoring.score_split(config, workdir, "val", output)
+
+
+def read_csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_tiny_model_classifies_synthetic_lesions_above_chance(scored):
+  *_, result = scored
+  assert result["n"] == 64
+  assert result["vote"]["accuracy"] >= 0.75
+  assert result["mean"]["accuracy"] >= 0.75
+  assert result["vote"]["auc"] >= 0.8
+
+
+def test_outputs(scored):
+  config, workdir, output, result = scored
+  rows = read_csv(os.path.join(output, "scores.csv"))
+  assert [int(r["index"]) for r in rows] == list(range(64))
+  assert set(rows[0]) >= {"label", "prediction", "votes_lesion", "mean_error_healthy", "prob_lesion", "vote_share"}
+  k, c = config.classify.num_draws, config.data.num_classes
+  assert all(int(r["nfe"]) == k * c for r in rows)
+  assert all(int(r["votes_healthy"]) + int(r["votes_lesion"]) == k for r in rows)
+  with open(os.path.join(output, "metrics.json")) as f:
+    metrics = json.load(f)
+  for name in ("vote", "mean"):
+    assert set(metrics[name]) >= {
+      "accuracy",
+      "balanced_accuracy",
+      "auc",
+      "f1",
+      "precision",
+      "recall",
+      "specificity",
+      "ece",
+      "aurc",
+      "accuracy_at_50_coverage",
+      "accuracy_at_90_coverage",
+    }
+  assert metrics["nfe_per_image"] == k * c
+  assert os.path.getsize(os.path.join(output, "risk_coverage.png")) > 1000
+  assert os.path.exists(os.path.join(workdir, scoring.CALIBRATION_FILE))
+  assert not any(name.startswith("scores.partial") for name in os.listdir(output))
+
+
+def test_interrupted_scoring_resumes_without_duplicates(scored, tmp_path, monkeypatch):
+  config, workdir, output, _ = scored
+  config = config.copy_and_resolve_references()
+  config.classify.batch_size = 4  # blocks of 16 images: the crash lands after 2 of 4 blocks
+  resumed_dir = str(tmp_path / "resumed")
+  append = scoring.PartialScores.append
+  calls = []
+
+  def crash_after_two_blocks(self, rows):
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    calls.append(len(rows))
+    append(self, rows)
+
+  monkeypatch.setattr(scoring.PartialScores, "append", crash_after_two_blocks)
+  with pytest.raises(KeyboardInterrupt):
+    scoring.score_split(config, workdir, "val", resumed_dir)
+  assert len(read_csv(os.path.join(resumed_dir, "scores.partial.csv"))) == 32
+  monkeypatch.setattr(scoring.PartialScores, "append", append)
+  scoring.score_split(config, workdir, "val", resumed_dir)
+  # Same rows as the uninterrupted run (which used another batch size: scores do not depend on it).
+  assert read_csv(os.path.join(resumed_dir, "scores.csv")) == read_csv(os.path.join(output, "scores.csv"))
+
+
+def test_errors_same_on_one_and_eight_devices():
+  one = json.loads(run_python(["tests/kernel_errors_script.py"]).stdout.splitlines()[-1])
+  eight = run_python(["tests/kernel_errors_script.py"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  eight = json.loads(eight.stdout.splitlines()[-1])
+  assert (one["devices"], eight["devices"]) == (1, 8)
+  np.testing.assert_allclose(eight["mean_errors"], one["mean_errors"], rtol=1e-5)
+  assert eight["votes"] == one["votes"]
