@@ -122,12 +122,11 @@ def train_and_evaluate(config, workdir: str):
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, "config.train.batch_size")
   sharding.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+  train_split = pipeline.load_split(config.data, config.data.train_split)
+  eval_split = pipeline.load_split(config.data, config.data.eval_split)
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-
-  train_split = pipeline.load_split(config.data, config.data.train_split)
-  eval_split = pipeline.load_split(config.data, config.data.eval_split)
   _record_skipped(workdir, train_split.skipped + eval_split.skipped)
 
   model = state_lib.make_model(config)

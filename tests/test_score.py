@@ -8,23 +8,7 @@ import numpy as np
 import pytest
 from conftest import run_python
 
-from configs import synthetic_lesions
-from medfusion import scoring, trainer
-
-
-@pytest.fixture(scope="module")
-def lesion_model(tmp_path_factory, tfds_dir):
-  """The smoke UNet trained for 300 steps on synthetic_lesions:smoke."""
-  workdir = str(tmp_path_factory.mktemp("lesions"))
-  config = synthetic_lesions.get_config("smoke")
-  config.data.tfds_data_dir = tfds_dir
-  config.train.steps = 300
-  config.train.learning_rate = 2e-3
-  config.train.progress_bar = False
-  config.train.eval_every = 300
-  config.train.checkpoint_every = 300
-  trainer.train_and_evaluate(config, workdir)
-  return config, workdir
+from medfusion import scoring
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,190 @@
+"""Failure behaviour: one-line errors for bad input, exact resume after SIGTERM/SIGKILL, scoring that loses
+nothing when killed, and finite errors at the extremes of the schedule."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, run_python
+
+from configs import default
+from medfusion import checkpoint, scoring, sharding, trainer
+from medfusion import state as state_lib
+from medfusion.classify import kernel
+from medfusion.diffusion import schedules
+
+
+def assert_one_line_error(proc, *fragments):
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: "), last
+  for fragment in fragments:
+    assert fragment in last, last
+
+
+def test_cli_rejects_bad_config_fields_in_one_line(tmp_path):
+  train = ["-m", "medfusion.train", "--config=configs/pneumoniamnist.py:smoke", f"--workdir={tmp_path}"]
+  assert_one_line_error(run_python([*train, "--config.train.stepz=3"], check=False), "stepz", "steps")
+  assert_one_line_error(run_python([*train, "--config.train.steps=-5"], check=False), "config.train.steps=-5")
+  assert_one_line_error(run_python([*train, "--config.data.num_classes=0"], check=False), "data.num_classes")
+  assert_one_line_error(run_python([*train, "--config.classify.chunk_size=1"], check=False), "classify.chunk_size")
+  assert not os.listdir(tmp_path)  # nothing written before the config is known to be good
+
+
+def test_cli_rejects_bad_data_and_checkpoints_in_one_line(tmp_path, tfds_dir, lesion_model):
+  bad = tmp_path / "bad.npz"
+  np.savez(bad, train_images=np.zeros((4, 28, 28), np.uint8), train_labels=np.zeros((3, 1), np.uint8))
+  score = ["-m", "medfusion.score", "--config=configs/synthetic_lesions.py:smoke", f"--output={tmp_path}/out"]
+  tfds = f"--config.data.tfds_data_dir={tfds_dir}"
+  workdir = f"--workdir={lesion_model[1]}"
+  procs = {
+    "npz": run_python(
+      [
+        "-m",
+        "medfusion.train",
+        "--config=configs/pneumoniamnist.py:smoke",
+        f"--workdir={tmp_path}/w",
+        f"--config.data.npz={bad}",
+        tfds,
+      ],
+      check=False,
+    ),
+    "no checkpoint": run_python([*score, f"--workdir={tmp_path}", tfds], check=False),
+    "shapes": run_python([*score, workdir, tfds, "--config.model.channels=8"], check=False),
+    "draws": run_python([*score, workdir, tfds, "--config.classify.num_draws=0"], check=False),
+  }
+  assert_one_line_error(procs["npz"], "bad.npz", "train_labels")
+  assert_one_line_error(procs["no checkpoint"], "has no checkpoint")
+  assert_one_line_error(procs["shapes"], "has shape", "expects")
+  assert_one_line_error(procs["draws"], "classify.num_draws=0")
+  assert not os.path.exists(f"{tmp_path}/out/scores.csv")
+
+
+def _start(args):
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  return subprocess.Popen(
+    [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
+
+
+def _wait_for(predicate, proc, timeout=300):
+  deadline = time.time() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      raise AssertionError(f"process ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+    if time.time() > deadline:
+      proc.kill()
+      raise AssertionError("timed out")
+    time.sleep(0.05)
+
+
+def _last_step(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    steps = [json.loads(line)["step"] for line in f if line.strip().endswith("}")]
+  return max(steps, default=0)
+
+
+def _restore(config, workdir):
+  model, optimizer = state_lib.make_model(config), state_lib.make_optimizer(config.train)
+  abstract = state_lib.abstract_state(config, model, optimizer, sharding.replicated(sharding.make_mesh()))
+  ckpts = checkpoint.Checkpoints(workdir)
+  state, _ = ckpts.restore_latest(abstract)
+  ckpts.close()
+  return state
+
+
+def test_killed_and_resumed_training_is_bit_identical(tmp_path, tfds_dir):
+  """SIGKILL three times (once possibly mid-save) and SIGTERM once; the end state equals an uninterrupted run."""
+  overrides = {"steps": 24, "checkpoint_every": 3, "log_every": 1, "eval_every": 12, "progress_bar": False}
+  config = default.smoke(default.get_config())
+  config.data.tfds_data_dir = tfds_dir
+  config.train.update(overrides)
+  reference = str(tmp_path / "reference")
+  trainer.train_and_evaluate(config, reference)
+
+  workdir = str(tmp_path / "interrupted")
+  args = [
+    "-m",
+    "medfusion.train",
+    "--config=configs/pneumoniamnist.py:smoke",
+    f"--workdir={workdir}",
+    f"--config.data.tfds_data_dir={tfds_dir}",
+    *[f"--config.train.{k}={v}" for k, v in overrides.items()],
+  ]
+  for kill_after, sig in ((4, signal.SIGKILL), (10, signal.SIGTERM), (13, signal.SIGKILL), (18, signal.SIGKILL)):
+    proc = _start(args)
+    _wait_for(lambda k=kill_after: _last_step(workdir) >= k, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+      assert proc.returncode == 0, stderr[-2000:]
+      assert "SIGTERM: saved a checkpoint" in stderr
+    else:
+      assert proc.returncode == -signal.SIGKILL
+  proc = _start(args)
+  _, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 0, stderr[-2000:]
+  assert "Resumed from step" in stderr
+
+  a, b = _restore(config, reference), _restore(config, workdir)
+  assert int(a.step) == int(b.step) == 24
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_scoring_killed_at_random_moments_loses_nothing(tmp_path, tfds_dir, lesion_model):
+  config, workdir = lesion_model
+  config = config.copy_and_resolve_references()
+  config.classify.batch_size = 4
+  reference = str(tmp_path / "reference")
+  scoring.score_split(config, workdir, "val", reference)
+
+  output = str(tmp_path / "killed")
+  args = [
+    "-m",
+    "medfusion.score",
+    "--config=configs/synthetic_lesions.py:smoke",
+    f"--workdir={workdir}",
+    "--split=val",
+    f"--output={output}",
+    f"--config.data.tfds_data_dir={tfds_dir}",
+    "--config.train.steps=300",
+    "--config.classify.batch_size=4",
+  ]
+  partial = os.path.join(output, "scores.partial.csv")
+  rng = np.random.default_rng(0)
+  for _ in range(2):
+    proc = _start(args)
+    _wait_for(lambda: os.path.exists(partial) and os.path.getsize(partial) > 200, proc)
+    time.sleep(rng.uniform(0.0, 1.0))
+    proc.kill()
+    proc.communicate()
+  run_python(args)
+  with open(os.path.join(reference, "scores.csv")) as f, open(os.path.join(output, "scores.csv")) as g:
+    assert list(csv.reader(f)) == list(csv.reader(g))
+
+
+@pytest.mark.parametrize("t", [0.0, 1e-7, 1.0 - 1e-7, 1.0])
+@pytest.mark.parametrize("prediction", ["v", "eps"])
+def test_errors_are_finite_at_the_extremes_of_the_schedule(t, prediction):
+  schedule = schedules.Schedule("cosine", -15.0, 15.0)
+  key = jax.random.key(0)
+  x = jax.random.uniform(key, (2, 8, 8, 1), minval=-1, maxval=1)
+  eps = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
+  logsnr = schedule.logsnr(jnp.full((2,), t))
+  z = schedules.diffuse(x, eps, logsnr)
+  output = jax.random.normal(jax.random.fold_in(key, 2), x.shape)  # any finite network output
+  for error in kernel.ERRORS:
+    assert np.all(np.isfinite(kernel.pair_error(error, output, x, eps, z, logsnr, prediction))), error
