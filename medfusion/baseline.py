@@ -10,6 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from medfusion import cli
+from medfusion.errors import UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).", lock_config=True)
@@ -20,7 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments: {' '.join(argv[1:])}")
+    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.setup(FLAGS.config)
   if FLAGS.distributed:
     jax.distributed.initialize()

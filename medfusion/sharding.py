@@ -31,3 +31,10 @@ def to_global(mesh: Mesh, local_batch):
   """Assembles this process's slice of a batch (a pytree of numpy arrays) into globally sharded arrays."""
   sharding = batch_sharding(mesh)
   return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, a), local_batch)
+
+
+def shared_to_global(mesh: Mesh, batch):
+  """Like `to_global`, for a batch every process holds whole (eval data): each contributes its own rows."""
+  p, n = jax.process_index(), jax.process_count()
+  rows = len(jax.tree.leaves(batch)[0]) // n
+  return to_global(mesh, jax.tree.map(lambda a: np.asarray(a)[p * rows : (p + 1) * rows], batch))

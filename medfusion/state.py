@@ -1,5 +1,6 @@
 """The train state, its optimizer, and how to build it (or only its shapes) from a config."""
 
+import functools
 from typing import Any
 
 import flax
@@ -55,6 +56,16 @@ def init_state(config, model: UNet, optimizer: optax.GradientTransformation) -> 
   """A fresh train state; the EMA starts as a copy of the parameters. Trace it under jit: eager is slow."""
   params = init_params(config, model)
   return TrainState(jnp.zeros((), jnp.int32), params, params, optimizer.init(params))
+
+
+def jit_init_state(config, model: UNet, optimizer: optax.GradientTransformation, sharding) -> TrainState:
+  """`init_state` compiled at XLA optimisation level 0: it runs once, and on CPU compiles ~5x faster so."""
+  init = jax.jit(
+    functools.partial(init_state, config, model, optimizer),
+    out_shardings=sharding,
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
+  return init()
 
 
 def abstract_state(config, model: UNet, optimizer: optax.GradientTransformation, sharding) -> TrainState:

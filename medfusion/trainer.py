@@ -1,6 +1,5 @@
 """The training loop: `train_and_evaluate(config, workdir)` trains, validates, checkpoints and resumes."""
 
-import functools
 import json
 import logging
 import os
@@ -88,19 +87,12 @@ def evaluate(eval_step, params, split, config, mesh) -> dict:
   total = count = 0.0
   for i, batch in enumerate(pipeline.eval_batches(split, config.eval.batch_size, 0, stop)):
     batch = {k: batch[k] for k in ("image", "label", "valid")}
-    s, n = eval_step(params, _local_to_global(mesh, batch), jax.random.fold_in(eval_key, i))
+    s, n = eval_step(params, sharding.shared_to_global(mesh, batch), jax.random.fold_in(eval_key, i))
     total, count = total + float(s), count + float(n)
   return {"val/loss": total / max(count, 1.0)}
 
 
-def _local_to_global(mesh, batch):
-  """Eval batches are read whole by every process; each contributes its own slice."""
-  p, n = jax.process_index(), jax.process_count()
-  rows = len(next(iter(batch.values()))) // n
-  return sharding.to_global(mesh, {k: v[p * rows : (p + 1) * rows] for k, v in batch.items()})
-
-
-class _Preemption:
+class Preemption:
   """First SIGTERM asks the loop to checkpoint and stop; a second one exits at once."""
 
   def __init__(self):
@@ -127,7 +119,7 @@ def train_and_evaluate(config, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-  _record_skipped(workdir, train_split.skipped + eval_split.skipped)
+  record_skipped(workdir, train_split.skipped + eval_split.skipped)
 
   model = state_lib.make_model(config)
   optimizer = state_lib.make_optimizer(config.train)
@@ -135,7 +127,7 @@ def train_and_evaluate(config, workdir: str):
   ckpts = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints, config.eval.best_metric, config.eval.best_mode)
   restored = ckpts.restore_latest(state_lib.abstract_state(config, model, optimizer, rep))
   if restored is None:
-    state = jax.jit(functools.partial(state_lib.init_state, config, model, optimizer), out_shardings=rep)()
+    state = state_lib.jit_init_state(config, model, optimizer, rep)
     log.info("Starting training from scratch in %s", workdir)
   else:
     state, _ = restored
@@ -150,7 +142,7 @@ def train_and_evaluate(config, workdir: str):
     train_split, config.train.batch_size, config.seed, start, jax.process_index(), jax.process_count()
   )
   meta = {"data": {"seed": config.seed, "examples_seen": 0}}
-  preemption = _Preemption()
+  preemption = Preemption()
   bar = tqdm.tqdm(
     total=config.train.steps,
     initial=start,
@@ -192,7 +184,7 @@ def train_and_evaluate(config, workdir: str):
   return state
 
 
-def _record_skipped(workdir: str, skipped) -> None:
+def record_skipped(workdir: str, skipped) -> None:
   """Unreadable images skipped under `data.on_bad_file=skip` are counted and listed in the workdir."""
   if skipped and jax.process_index() == 0:
     log.warning("Skipped %d unreadable image files; see %s/skipped_files.txt", len(skipped), workdir)

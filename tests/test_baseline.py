@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -28,20 +29,32 @@ def test_resnet18_parameter_counts():
 
 
 def test_cross_entropy_matches_optax_label_smoothing():
-  logits = jax.random.normal(jax.random.key(0), (5, 3))
-  labels = jnp.array([0, 1, 2, 1, 0])
+  logits = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+  labels = np.array([0, 1, 2, 1, 0])
   targets = optax.smooth_labels(jax.nn.one_hot(labels, 3), 0.1)
   expected = optax.softmax_cross_entropy(logits, targets)
   np.testing.assert_allclose(baseline_trainer.cross_entropy(logits, labels, 0.1), expected, rtol=1e-6)
 
 
-def test_augment_translates_within_padding():
-  images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1), minval=-1.0, maxval=1.0)
+def test_augment_translates_within_padding_and_flips():
+  images = np.random.default_rng(0).uniform(-1.0, 1.0, (6, 8, 8, 1)).astype(np.float32)
   np.testing.assert_array_equal(baseline_trainer.augment(images, jax.random.key(1), 0, False), images)
   out = np.asarray(baseline_trainer.augment(images, jax.random.key(1), 2, False))
-  padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
+  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
   for image, crop in zip(padded, out, strict=True):
     assert any(np.array_equal(image[y : y + 8, x : x + 8], crop) for y in range(5) for x in range(5))
+  flipped = np.asarray(baseline_trainer.augment(images, jax.random.key(1), 0, True))
+  assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images, strict=True))
+  assert not np.array_equal(flipped, images)
+
+
+@pytest.mark.parametrize("name", baseline_trainer.OPTIMIZERS)
+def test_each_optimizer_builds_a_state(name):
+  config = pneumoniamnist_resnet.get_config("smoke")
+  config.optim.name = name
+  model = ResNet(ResNetConfig.from_config(config))
+  state = jax.eval_shape(lambda: baseline_trainer.init_state(config, model, baseline_trainer.make_optimizer(config)))
+  assert state.batch_stats and jax.tree.leaves(state.opt_state)
 
 
 def test_bad_baseline_field_is_rejected():
@@ -56,10 +69,10 @@ def _records(workdir) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
-def test_smoke_config_trains_scores_and_resumes(tmp_path, caplog):
+def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   caplog.set_level(logging.INFO, logger="medfusion")
   config = pneumoniamnist_resnet.get_config("smoke")
-  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  config.data.tfds_data_dir = tfds_dir
   config.train.progress_bar = False
   workdir = tmp_path / "run"
   baseline_trainer.train_and_evaluate(config, str(workdir))
@@ -71,9 +84,14 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, caplog):
     assert key in result
   assert result["n"] == 524 and result["seconds_per_image"] > 0
   assert result["loss"] < math.log(2.0)  # below a uniform guess on the whole val split after 10 steps
+  labels, probs = baseline_trainer.evaluate_split(config, str(workdir), "val")
+  assert baseline_trainer.score(labels, probs)["accuracy"] == result["accuracy"]
 
-  config.train.steps = 12
+  # A run killed after step 9 left checkpoint 5 as its newest: a relaunch continues from it on the same data.
+  first = {r["step"]: r["loss"] for r in _records(workdir) if "loss" in r}
+  shutil.rmtree(workdir / "checkpoints" / "10")
   baseline_trainer.train_and_evaluate(config, str(workdir))
-  assert "Resumed from step 10" in caplog.text
-  train_steps = [r["step"] for r in _records(workdir) if "loss" in r]
-  assert train_steps == [2, 4, 6, 8, 10, 12]
+  assert "Resumed from step 5" in caplog.text
+  resumed = [(r["step"], r["loss"]) for r in _records(workdir) if "loss" in r][5:]
+  assert [step for step, _ in resumed] == [6, 8, 10]
+  np.testing.assert_allclose([loss for _, loss in resumed], [first[6], first[8], first[10]], rtol=1e-5)

@@ -1,7 +1,6 @@
 """Prints the losses of the first steps of smoke training as JSON (run in a subprocess by test_train.py, so
 that the number of simulated devices can be set through XLA_FLAGS before JAX starts)."""
 
-import functools
 import json
 import sys
 
@@ -18,9 +17,7 @@ def main(tfds_dir: str, steps: int):
   config.data.tfds_data_dir = tfds_dir
   mesh = sharding.make_mesh()
   model, optimizer = state_lib.make_model(config), state_lib.make_optimizer(config.train)
-  state = jax.jit(
-    functools.partial(state_lib.init_state, config, model, optimizer), out_shardings=sharding.replicated(mesh)
-  )()
+  state = state_lib.jit_init_state(config, model, optimizer, sharding.replicated(mesh))
   step_fn = trainer.make_train_step(config, model, optimizer, mesh)
   batches = pipeline.train_batches(pipeline.load_split(config.data, "train"), config.train.batch_size, config.seed)
   losses = []

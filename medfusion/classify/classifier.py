@@ -69,7 +69,7 @@ class DiffusionClassifier:
     if not np.all(np.isfinite(images)):
       bad = int(indices[np.argmax(~np.isfinite(images).reshape(len(images), -1).all(axis=1))])
       raise FloatingPointError(f"image {bad} has NaN or infinite values")
-    g = sharding.to_global(self.mesh, _process_slice(arrays))
+    g = sharding.shared_to_global(self.mesh, arrays)
     out = self.kernel(self.params, g["images"], g["indices"], g["draw_ids"], g["class_ids"])
     return np.asarray(jax.device_get(jax.experimental.multihost_utils.process_allgather(out, tiled=True)))
 
@@ -130,9 +130,3 @@ class DiffusionClassifier:
 def _pad(b: int, *arrays):
   """Pads each array's first axis to b by repeating its last row (results for padding are discarded)."""
   return tuple(np.concatenate([a, np.repeat(a[-1:], b - len(a), axis=0)]) if len(a) < b else a for a in arrays)
-
-
-def _process_slice(arrays: dict) -> dict:
-  p, n = jax.process_index(), jax.process_count()
-  rows = len(arrays["images"]) // n
-  return {k: np.asarray(v)[p * rows : (p + 1) * rows] for k, v in arrays.items()}
