@@ -27,7 +27,7 @@ def test_tiny_model_classifies_synthetic_lesions_above_chance(scored):
   *_, result = scored
   assert result["n"] == 64
   assert result["vote"]["accuracy"] >= 0.75
-  assert result["mean"]["accuracy"] >= 0.75
+  assert result["mean"]["accuracy"] >= 0.7
   assert result["vote"]["auc"] >= 0.8
 
 
