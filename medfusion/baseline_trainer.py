@@ -16,14 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from medfusion import checkpoint, configcheck, metrics, sharding, trainer
 from medfusion import state as state_lib
 from medfusion.configcheck import ConfigError
 from medfusion.data import pipeline
 from medfusion.models.resnet import STAGE_SIZES, ResNet, ResNetConfig
-from medfusion.writers import MetricWriter, write_json_atomic
+from medfusion.writers import write_json_atomic
 
 log = logging.getLogger("medfusion")
 
@@ -221,54 +220,20 @@ def train_and_evaluate(config, workdir: str):
   else:
     state, _ = restored
     log.info("Resumed from step %d in %s", int(state.step), workdir)
-  start = int(state.step)
   log.info("Model: %s parameters; %d devices", f"{state_lib.count_params(state.params):,}", jax.device_count())
 
   train_step = make_train_step(config, model, optimizer, mesh)
   predict_step = make_predict_step(model, mesh)
-  writer = MetricWriter(workdir)
-  batches = pipeline.train_batches(
-    train_split, config.train.batch_size, config.seed, start, jax.process_index(), jax.process_count()
+  state = trainer.train_loop(
+    config,
+    workdir,
+    mesh,
+    state,
+    train_step,
+    lambda s: evaluate(predict_step, s, eval_split, config, mesh),
+    ckpts,
+    train_split,
   )
-  meta = {"data": {"seed": config.seed, "examples_seen": 0}}
-  preemption = trainer.Preemption()
-  bar = tqdm.tqdm(
-    total=config.train.steps,
-    initial=start,
-    desc="train",
-    unit="step",
-    disable=not config.train.progress_bar or jax.process_index() != 0,
-  )
-  tick, tick_step = time.perf_counter(), start
-  try:
-    for step in range(start + 1, config.train.steps + 1):
-      state, step_metrics = train_step(state, sharding.to_global(mesh, next(batches)))
-      bar.update(1)
-      meta["data"]["examples_seen"] = step * config.train.batch_size
-      if step % config.train.log_every == 0 or step == config.train.steps:
-        step_metrics = jax.device_get(step_metrics)
-        rate = (step - tick_step) / (time.perf_counter() - tick)
-        step_metrics.update({"steps_per_s": rate, "images_per_s": rate * config.train.batch_size})
-        writer.write(step, step_metrics)
-        bar.set_postfix(loss=f"{float(step_metrics['loss']):.4f}", img_s=f"{rate * config.train.batch_size:.0f}")
-        if not np.isfinite(step_metrics["loss"]):
-          raise FloatingPointError(f"training loss is {step_metrics['loss']} at step {step}; lower the learning rate")
-        tick, tick_step = time.perf_counter(), step
-      if step % config.train.eval_every == 0 or step == config.train.steps:
-        eval_metrics = evaluate(predict_step, state, eval_split, config, mesh)
-        writer.write(step, eval_metrics)
-        ckpts.save_if_best(step, state, meta, eval_metrics)
-      if step % config.train.checkpoint_every == 0 or step == config.train.steps or preemption.requested:
-        ckpts.save(step, state, meta)
-      if preemption.requested:
-        log.warning("SIGTERM: saved a checkpoint at step %d; exiting", step)
-        break
-  finally:
-    bar.close()
-    ckpts.wait()
-    ckpts.close()
-    writer.close()
-    preemption.restore()
   if int(state.step) == config.train.steps:
     _write_best_metrics(config, workdir, predict_step, abstract, eval_split, mesh)
   return state

@@ -132,11 +132,26 @@ def train_and_evaluate(config, workdir: str):
   else:
     state, _ = restored
     log.info("Resumed from step %d in %s", int(state.step), workdir)
-  start = int(state.step)
   log.info("Model: %s parameters; %d devices", f"{state_lib.count_params(state.params):,}", jax.device_count())
 
   train_step = make_train_step(config, model, optimizer, mesh)
   eval_step = make_eval_step(config, model, mesh)
+  return train_loop(
+    config,
+    workdir,
+    mesh,
+    state,
+    train_step,
+    lambda s: evaluate(eval_step, s.ema_params, eval_split, config, mesh),
+    ckpts,
+    train_split,
+  )
+
+
+def train_loop(config, workdir: str, mesh, state, train_step, evaluate_fn, ckpts, train_split):
+  """The loop both trainers share: steps from `state.step` to `config.train.steps`, logging, validation
+  (`evaluate_fn(state) -> metrics`, which also picks the best checkpoint), checkpoints and SIGTERM handling."""
+  start = int(state.step)
   writer = MetricWriter(workdir)
   batches = pipeline.train_batches(
     train_split, config.train.batch_size, config.seed, start, jax.process_index(), jax.process_count()
@@ -158,8 +173,7 @@ def train_and_evaluate(config, workdir: str):
       meta["data"]["examples_seen"] = step * config.train.batch_size
       if step % config.train.log_every == 0 or step == config.train.steps:
         metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - tick
-        rate = (step - tick_step) / elapsed
+        rate = (step - tick_step) / (time.perf_counter() - tick)
         metrics.update({"steps_per_s": rate, "images_per_s": rate * config.train.batch_size})
         writer.write(step, metrics)
         bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", img_s=f"{rate * config.train.batch_size:.0f}")
@@ -167,7 +181,7 @@ def train_and_evaluate(config, workdir: str):
           raise FloatingPointError(f"training loss is {metrics['loss']} at step {step}; lower the learning rate")
         tick, tick_step = time.perf_counter(), step
       if step % config.train.eval_every == 0 or step == config.train.steps:
-        eval_metrics = evaluate(eval_step, state.ema_params, eval_split, config, mesh)
+        eval_metrics = evaluate_fn(state)
         writer.write(step, eval_metrics)
         ckpts.save_if_best(step, state, meta, eval_metrics)
       if step % config.train.checkpoint_every == 0 or step == config.train.steps or preemption.requested:

@@ -1,0 +1,491 @@
+r"""Throughput of the error kernel against the per-(draw, class) loop of the original PyTorch code.
+
+  python -m benchmarks.kernel --model=small --dtypes=float32,bfloat16 --num_draws=8 --batch_size=16 \
+      --repeats=3 --cpu_ynnpack=default,off
+  python -m benchmarks.kernel --workdir=runs/pneumonia --split=val     # adds the early-stopping figure
+
+For each model preset (small: configs/default.py, 32x32x1; paper: `default.paper`, 256x256) and compute dtype
+(`config.classify.dtype`) it times one call of the vectorized kernel (`medfusion.classify.kernel.make_kernel`) on
+B images x K draws x C classes, and the same errors computed the way the PyTorch code does it: a Python loop
+over draws and classes with one jitted model call per (draw, class) on `--loop_batch` images. With `--workdir`
+it also scores real images of a trained model with sequential vote early stopping (`classify.adaptive =
+'sequential'`) and compares its images/s with the loop at the full budget. On CPU each `--cpu_ynnpack` setting
+runs in its own subprocess (XLA flags are process-wide) and the results are merged into one JSON file under
+benchmarks/results/ (README.md there explains every field).
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from benchmarks import common
+from configs import default
+from medfusion import platform, sharding
+from medfusion import state as state_lib
+from medfusion.classify import draws, kernel
+from medfusion.diffusion import schedules
+from medfusion.models.unet import UNet, UNetConfig
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+  "model",
+  "",
+  "Comma-separated presets: small, paper; 'none' (early stopping only). Default: small on CPU, small,paper.",
+)
+flags.DEFINE_string("dtypes", "float32,bfloat16", "Comma-separated compute dtypes (config.classify.dtype).")
+flags.DEFINE_integer("num_draws", 0, "K draws per image. 0: CPU small 8, paper 2; accelerator small 32, paper 8.")
+flags.DEFINE_integer("batch_size", 0, "B images per kernel call. 0: CPU small 16, paper 2; accelerator 64 / 16.")
+flags.DEFINE_integer("num_classes", 0, "C classes scored per image (synthetic). 0: the config's (2).")
+flags.DEFINE_integer("chunk_size", 0, "Model evaluations per lax.map step. 0: the config's (32).")
+flags.DEFINE_integer("loop_batch", 16, "Images per model call in the loop baseline (at most --batch_size).")
+flags.DEFINE_integer("repeats", 5, "Timed repeats of each measurement (the median is reported).")
+flags.DEFINE_integer("matmul_repeats", 5, "Timed repeats of the matmul that measures the CPU peak.")
+flags.DEFINE_string("cpu_ynnpack", "default,off", "CPU only: comma-separated config.cpu_ynnpack settings to compare.")
+flags.DEFINE_string("workdir", "", "Training workdir: adds the early-stopping figure on its EMA parameters.")
+flags.DEFINE_string("split", "val", "Split of the workdir config's dataset scored for the early-stopping figure.")
+flags.DEFINE_integer("early_stop_images", 128, "Images of --split scored for the early-stopping figure.")
+flags.DEFINE_integer("early_stop_draws", 0, "Full budget K of the early-stopping figure. 0: the workdir config's.")
+flags.DEFINE_integer("early_stop_batch_size", 0, "Images per kernel call there. 0: the workdir config's.")
+flags.DEFINE_string("out_dir", "", "Folder for the JSON file. Default: benchmarks/results.")
+flags.DEFINE_string("tag", "", "Appended to the JSON file's name, so runs of one day do not replace each other.")
+flags.DEFINE_string("note", "", "Free text stored in the JSON (for example, what else was running).")
+flags.DEFINE_string("child_ynnpack", "", "Internal: run as the subprocess for this cpu_ynnpack setting.")
+flags.DEFINE_string("child_output", "", "Internal: where that subprocess writes its records.")
+
+MODELS = ("small", "paper")
+# (num_draws, batch_size) when the flags are 0, by (platform is CPU, model).
+AUTO_SIZES = {(True, "small"): (8, 16), (True, "paper"): (2, 2), (False, "small"): (32, 64), (False, "paper"): (8, 16)}
+
+
+def model_config(name: str):
+  config = default.get_config()
+  if name == "paper":
+    config = default.paper(config)
+  elif name != "small":
+    raise ValueError(f"--model: '{name}' is not one of {MODELS}")
+  return config
+
+
+def sizes(name: str) -> tuple[int, int]:
+  auto_k, auto_b = AUTO_SIZES[(jax.default_backend() == "cpu", name)]
+  return FLAGS.num_draws or auto_k, FLAGS.batch_size or auto_b
+
+
+# --- The loop baseline -------------------------------------------------------------------------------------------
+
+
+def _prepare(spec: kernel.KernelSpec, images, indices, draw):
+  """z_t, eps and log-SNR of one draw for a batch of images: the same draws the kernel uses."""
+  keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(indices)
+  t_all = jax.vmap(lambda k: draws.timesteps(k, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
+  t = jnp.take(t_all, draw, axis=1)
+  eps = jax.vmap(lambda k: draws.noise(k, draw, images.shape[1:]))(keys)
+  logsnr = spec.schedule.logsnr(t)
+  return schedules.diffuse(images, eps, logsnr), eps, logsnr
+
+
+def _evaluate(model: UNet, spec: kernel.KernelSpec, params, images, z, eps, logsnr, labels):
+  """One model call on a batch of images for one class: errors [L]."""
+  out = model.apply({"params": params}, z, logsnr, labels)
+  return kernel.pair_error(spec.error, out, images, eps, z, logsnr, spec.prediction)
+
+
+class Loop:
+  """The PyTorch code's structure: for each batch of L images, each draw (z_t made once), each class: one call."""
+
+  def __init__(self, model: UNet, spec: kernel.KernelSpec, params, num_classes: int, loop_batch: int):
+    self.spec, self.num_classes, self.loop_batch = spec, num_classes, loop_batch
+    self.device = jax.devices()[0]  # one device, as the PyTorch code uses one GPU
+    self.params = jax.device_put(params, self.device)
+    self.prepare = jax.jit(functools.partial(_prepare, spec))
+    self.evaluate = jax.jit(functools.partial(_evaluate, model, spec))
+    self.labels = [jax.device_put(np.full(loop_batch, c, np.int32), self.device) for c in range(num_classes)]
+
+  def load(self, images: np.ndarray, indices: np.ndarray) -> None:
+    """Splits the images into batches of L on the device (the last one padded by repeating its last image)."""
+    n, lb = len(images), self.loop_batch
+    padded = -(-n // lb) * lb
+    images = np.concatenate([images, np.repeat(images[-1:], padded - n, axis=0)])
+    indices = np.concatenate([indices, np.repeat(indices[-1:], padded - n)])
+    self.n = n
+    self.batches = [
+      (jax.device_put(images[i : i + lb], self.device), jax.device_put(indices[i : i + lb], self.device))
+      for i in range(0, padded, lb)
+    ]
+
+  def first_calls(self) -> dict:
+    """Compiles both functions by calling each once; seconds of each first call (compile + one run)."""
+    x, idx = self.batches[0]
+    start = time.perf_counter()
+    z, eps, logsnr = jax.block_until_ready(self.prepare(x, idx, np.int32(0)))
+    mid = time.perf_counter()
+    jax.block_until_ready(self.evaluate(self.params, x, z, eps, logsnr, self.labels[0]))
+    return {"prepare_first_call_s": mid - start, "evaluate_first_call_s": time.perf_counter() - mid}
+
+  def run(self) -> list:
+    out = []
+    for x, idx in self.batches:
+      for d in range(self.spec.num_draws):
+        z, eps, logsnr = self.prepare(x, idx, np.int32(d))
+        for label in self.labels:
+          out.append(self.evaluate(self.params, x, z, eps, logsnr, label))
+    return out
+
+  def errors(self, outputs) -> np.ndarray:
+    """Loop outputs -> errors [N, C, K] in the kernel's layout."""
+    k, c, lb = self.spec.num_draws, self.num_classes, self.loop_batch
+    e = np.asarray(jax.device_get(outputs)).reshape(len(self.batches), k, c, lb)
+    return e.transpose(0, 3, 2, 1).reshape(-1, c, k)[: self.n]
+
+  def counts(self) -> dict:
+    nb, k, c = len(self.batches), self.spec.num_draws, self.num_classes
+    return {
+      "model_calls": nb * k * c,
+      "prepare_calls": nb * k,
+      "evaluations_incl_padding": nb * k * c * self.loop_batch,
+    }
+
+  def flops(self) -> float | None:
+    """XLA's FLOPs of one loop run: evaluate x model calls + prepare x prepare calls."""
+    x, idx = self.batches[0]
+    z, eps, logsnr = self.prepare(x, idx, np.int32(0))
+    f_eval = common.xla_flops(self.evaluate.lower(self.params, x, z, eps, logsnr, self.labels[0]))
+    f_prep = common.xla_flops(self.prepare.lower(x, idx, np.int32(0)))
+    if f_eval is None:
+      return None
+    counts = self.counts()
+    return f_eval * counts["model_calls"] + (f_prep or 0.0) * counts["prepare_calls"]
+
+
+# --- Throughput --------------------------------------------------------------------------------------------------
+
+
+def kernel_flops(model, spec, mesh, args) -> float | None:
+  """XLA's FLOPs of one kernel call, from the kernel lowered with a single chunk.
+
+  The compiled kernel's own cost analysis counts the `lax.map` body once, not once per chunk, so it undercounts
+  by the number of chunks; lowering with chunk_size >= B*C*K makes the loop run once, and the pre-optimisation
+  HLO analysis (no second compile) is backend-independent.
+  """
+  _, images, _, draw_ids, class_ids = args
+  n = images.shape[0] * draw_ids.shape[1] * class_ids.shape[1]
+  one_chunk = kernel.make_kernel(model, dataclasses.replace(spec, chunk_size=n), mesh)
+  return common.xla_flops(one_chunk.lower(*args))
+
+
+def throughput(name: str, dtype: str, peaks: dict) -> dict:
+  """One (model, dtype) measurement: the kernel, then the loop on the same images, draws and classes."""
+  config = model_config(name)
+  k, b = sizes(name)
+  c = FLAGS.num_classes or config.data.num_classes
+  config.data.num_classes = c
+  config.classify.num_draws, config.classify.batch_size, config.classify.dtype = k, b, dtype
+  config.classify.chunk_size = FLAGS.chunk_size or config.classify.chunk_size
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(b, "--batch_size")
+  model = UNet(dataclasses.replace(UNetConfig.from_config(config), dtype=dtype, dropout=0.0))
+  spec = kernel.KernelSpec.from_config(config)
+  size, channels = config.data.image_size, config.data.num_channels
+  print(f"[kernel] {name} {dtype}: B={b} K={k} C={c} image {size}x{size}x{channels}", file=sys.stderr, flush=True)
+
+  init = jax.jit(
+    lambda: state_lib.init_params(config, UNet(UNetConfig.from_config(config))),
+    compiler_options={"xla_backend_optimization_level": 0},  # runs once; compiles several times faster on CPU
+  )
+  params = init()
+  # Perturb the zero-initialised output layers so the errors differ between classes (timing is unaffected).
+  params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
+  params = jax.device_put(params, sharding.replicated(mesh))
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (b, size, size, channels)).astype(np.float32)
+  indices = np.arange(b, dtype=np.int32)
+  draw_ids = np.broadcast_to(np.arange(k, dtype=np.int32), (b, k)).copy()
+  class_ids = np.broadcast_to(np.arange(c, dtype=np.int32), (b, c)).copy()
+  g = sharding.to_global(mesh, {"images": images, "indices": indices, "draw_ids": draw_ids, "class_ids": class_ids})
+  args = (params, g["images"], g["indices"], g["draw_ids"], g["class_ids"])
+  nfe = b * k * c
+
+  common.reset_peak_memory()
+  start = time.perf_counter()
+  compiled = kernel.make_kernel(model, spec, mesh).lower(*args).compile()
+  compile_s = time.perf_counter() - start
+  kernel_errors = np.asarray(jax.device_get(compiled(*args)))  # the warm-up call
+  t = {**common.timed(lambda: compiled(*args), warmup=0, repeats=FLAGS.repeats), "warmup": 1}
+  kernel_memory = common.peak_memory()
+  flops = kernel_flops(model, spec, mesh, args)
+  kernel_result = {
+    "compile_s": compile_s,
+    "time": t,
+    "nfe_per_s": nfe / t["median_s"],
+    "images_per_s": b / t["median_s"],
+    "xla_flops_per_call": flops,
+    "xla_flops_per_nfe": flops / nfe if flops else None,
+    "xla_flops_compiled_as_reported": common.xla_flops(compiled),
+    **common.utilisation(flops, t["median_s"], peaks, dtype),
+    "xla_memory_analysis": common.memory_analysis(compiled),
+    "peak_memory": kernel_memory,
+  }
+
+  lb = min(FLAGS.loop_batch, b)
+  loop = Loop(model, spec, params, c, lb)
+  loop.load(images, indices)
+  common.reset_peak_memory()
+  first = loop.first_calls()
+  loop_errors = loop.errors(loop.run())  # the warm-up run
+  lt = {**common.timed(loop.run, warmup=0, repeats=FLAGS.repeats), "warmup": 1}
+  loop_memory = common.peak_memory()
+  loop_flops = loop.flops()
+  loop_result = {
+    "loop_batch": lb,
+    **loop.counts(),
+    **first,
+    "time": lt,
+    "nfe_per_s": nfe / lt["median_s"],
+    "images_per_s": b / lt["median_s"],
+    "xla_flops_per_run": loop_flops,
+    **common.utilisation(loop_flops, lt["median_s"], peaks, dtype),
+    "peak_memory": loop_memory,
+  }
+  diff = np.abs(kernel_errors.astype(np.float64) - loop_errors)
+  return {
+    "model": name,
+    "dtype": dtype,
+    "image_shape": [size, size, channels],
+    "num_classes": c,
+    "num_draws": k,
+    "batch_size": b,
+    "chunk_size": spec.chunk_size,
+    "nfe_per_call": nfe,
+    "num_params": state_lib.count_params(params),
+    "kernel": kernel_result,
+    "loop": loop_result,
+    "speedup_vs_loop": lt["median_s"] / t["median_s"],
+    "loop_vs_kernel_errors": {
+      "max_abs_diff": float(diff.max()),
+      "max_rel_diff": float((diff / np.maximum(np.abs(loop_errors), 1e-12)).max()),
+    },
+  }
+
+
+# --- Early stopping on a trained model ---------------------------------------------------------------------------
+
+
+def load_workdir_config(workdir: str):
+  import ml_collections
+
+  path = os.path.join(workdir, "config.json")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def early_stop(dtype: str) -> dict:
+  """Sequential vote early stopping vs the loop at the full budget, on real images and trained EMA parameters."""
+  from medfusion import checkpoint
+  from medfusion.classify import aggregate, classifier
+  from medfusion.data import pipeline  # imports TensorFlow: only here, when --workdir is given
+
+  config = load_workdir_config(FLAGS.workdir)
+  config.classify.dtype = dtype
+  config.classify.num_draws = FLAGS.early_stop_draws or config.classify.num_draws
+  config.classify.batch_size = FLAGS.early_stop_batch_size or config.classify.batch_size
+  config.classify.prune_stages = ()
+  k, b, c = config.classify.num_draws, config.classify.batch_size, config.data.num_classes
+  mesh = sharding.make_mesh()
+  model = state_lib.make_model(config)
+  optimizer = state_lib.make_optimizer(config.train)
+  abstract = state_lib.abstract_state(config, model, optimizer, sharding.replicated(mesh))
+  state, _, step = checkpoint.restore_for_inference(FLAGS.workdir, abstract)
+  params = state.ema_params
+  del state
+
+  split = pipeline.load_split(config.data, FLAGS.split)
+  rows = list(pipeline.eval_batches(split, b, 0, FLAGS.early_stop_images))
+  valid = np.concatenate([r["valid"] for r in rows])
+  images = np.concatenate([r["image"] for r in rows])[valid]
+  indices = np.concatenate([r["index"] for r in rows])[valid]
+  labels = np.concatenate([r["label"] for r in rows])[valid]
+  n = len(images)
+  print(f"[kernel] early stop: {n} images of '{FLAGS.split}', K={k}, B={b}, {dtype}", file=sys.stderr, flush=True)
+
+  def score(adaptive: str):
+    cfg = config.copy_and_resolve_references()
+    cfg.classify.adaptive = adaptive
+    clf = classifier.DiffusionClassifier(cfg, params, mesh)
+    r = k if adaptive == "none" else min(cfg.classify.draws_per_round, k)
+    rows = np.arange(b) % n  # one full batch (repeating images when there are fewer than b) to compile
+    start = time.perf_counter()
+    clf.errors(
+      images[rows], indices[rows], np.broadcast_to(np.arange(r), (b, r)), np.broadcast_to(np.arange(c), (b, c))
+    )
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    tally = clf.score(images, indices)
+    seconds = time.perf_counter() - start
+    pred = aggregate.vote_prediction(tally.votes, tally.mean_errors)
+    return tally, pred, seconds, compile_s
+
+  full, full_pred, full_s, full_compile = score("none")
+  seq, seq_pred, seq_s, seq_compile = score("sequential")
+
+  lb = min(FLAGS.loop_batch, n)
+  loop_model = UNet(dataclasses.replace(UNetConfig.from_config(config), dtype=dtype, dropout=0.0))
+  loop = Loop(loop_model, kernel.KernelSpec.from_config(config), params, c, lb)
+  loop.load(images[:lb], indices[:lb])
+  loop.first_calls()
+  lt = common.timed(loop.run, warmup=0, repeats=1)
+  loop_images_per_s = lb / lt["median_s"]
+  seq_images_per_s = n / seq_s
+  return {
+    "workdir": os.path.abspath(FLAGS.workdir),
+    "checkpoint_step": int(step),
+    "split": FLAGS.split,
+    "num_images": n,
+    "dtype": dtype,
+    "num_classes": c,
+    "num_draws_full_budget": k,
+    "batch_size": b,
+    "draws_per_round": config.classify.draws_per_round,
+    "delta": config.classify.delta,
+    "full_budget_vectorized": {
+      "seconds": full_s,
+      "compile_s": full_compile,
+      "images_per_s": n / full_s,
+      "mean_nfe_per_image": float(full.nfe.mean()),
+      "vote_accuracy": float((full_pred == labels).mean()),
+    },
+    "sequential_vectorized": {
+      "seconds": seq_s,
+      "compile_s": seq_compile,
+      "images_per_s": seq_images_per_s,
+      "mean_nfe_per_image": float(seq.nfe.mean()),
+      "mean_draws_per_image": float(seq.draws.mean()),
+      "vote_accuracy": float((seq_pred == labels).mean()),
+    },
+    "loop_full_budget": {"loop_batch": lb, "images_timed": lb, "time": lt, "images_per_s": loop_images_per_s},
+    "speedup_early_stop": seq_images_per_s / loop_images_per_s,
+    "speedup_full_budget_vs_loop": (n / full_s) / loop_images_per_s,
+    "early_stop_agreement": float((seq_pred == full_pred).mean()),
+  }
+
+
+# --- Driver ------------------------------------------------------------------------------------------------------
+
+
+def measure(ynnpack: str | None, emit) -> None:
+  """Runs every requested (model, dtype) in this process; `emit(run)` is called after each result."""
+  dtypes = common.parse_list(FLAGS.dtypes)
+  default_models = "small" if jax.default_backend() == "cpu" else "small,paper"
+  models = [m for m in common.parse_list(FLAGS.model or default_models) if m != "none"]
+  run = {
+    "cpu_ynnpack": ynnpack,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "peaks": common.peaks(dtypes, FLAGS.matmul_repeats),
+    "results": [],
+  }
+  emit(run)
+  for name in models:
+    for dtype in dtypes:
+      try:
+        run["results"].append(throughput(name, dtype, run["peaks"]))
+      except Exception as e:  # noqa: BLE001 - one failed configuration (say, out of memory) must not lose the rest
+        run["results"].append({"model": name, "dtype": dtype, "error": f"{type(e).__name__}: {e}"})
+      emit(run)
+  if FLAGS.workdir and (ynnpack is None or ynnpack == common.parse_list(FLAGS.cpu_ynnpack)[0]):
+    run["early_stop"] = early_stop(dtypes[0])
+    emit(run)
+
+
+def summary(runs: list[dict]) -> list[dict]:
+  """One short row per result, for reading at a glance."""
+  rows = []
+  for run in runs:
+    for r in run.get("results", []):
+      if "error" in r:
+        rows.append({"model": r["model"], "dtype": r["dtype"], "cpu_ynnpack": run.get("cpu_ynnpack"), **r})
+        continue
+      rows.append(
+        {
+          "model": r["model"],
+          "dtype": r["dtype"],
+          "cpu_ynnpack": run.get("cpu_ynnpack"),
+          "B_K_C": [r["batch_size"], r["num_draws"], r["num_classes"]],
+          "kernel_nfe_per_s": round(r["kernel"]["nfe_per_s"], 1),
+          "kernel_images_per_s": round(r["kernel"]["images_per_s"], 2),
+          "loop_nfe_per_s": round(r["loop"]["nfe_per_s"], 1),
+          "speedup_vs_loop": round(r["speedup_vs_loop"], 2),
+          "kernel_fraction_of_peak": r["kernel"]["fraction_of_peak"],
+          **{f"kernel_{k}": r["kernel"][k] for k in ("fraction_of_tf32_peak",) if k in r["kernel"]},
+          "kernel_compile_s": round(r["kernel"]["compile_s"], 1),
+        }
+      )
+  return rows
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  common.quiet_logging()
+  if FLAGS.child_ynnpack:  # a per-setting subprocess: XLA_FLAGS was set by the parent
+    platform.configure_cpu(FLAGS.child_ynnpack)
+    measure(FLAGS.child_ynnpack, lambda run: common.write_json(FLAGS.child_output, [run]))
+    return
+
+  settings = {
+    name: FLAGS[name].value
+    for name in (
+      "model",
+      "dtypes",
+      "num_draws",
+      "batch_size",
+      "num_classes",
+      "chunk_size",
+      "loop_batch",
+      "repeats",
+      "cpu_ynnpack",
+      "tag",
+      "workdir",
+      "split",
+      "early_stop_images",
+      "early_stop_draws",
+      "early_stop_batch_size",
+    )
+  }
+  payload = common.header("kernel", settings, FLAGS.note)
+  path = common.result_path("kernel", payload["device"]["device_kind"], FLAGS.out_dir, FLAGS.tag)
+  payload["runs"] = []
+
+  def save():
+    payload["summary"] = summary(payload["runs"])
+    stops = [r["early_stop"] for r in payload["runs"] if "early_stop" in r]
+    payload["early_stop"] = stops[0] if stops else {"skipped": "no --workdir given: needs a trained model"}
+    common.write_json(path, payload)
+
+  if jax.default_backend() == "cpu":
+    child_argv = [a for a in sys.argv[1:] if not a.startswith("--child_")]
+    for ynnpack in common.parse_list(FLAGS.cpu_ynnpack):
+      payload["runs"].extend(common.run_child("benchmarks.kernel", ynnpack, child_argv))
+      save()
+  else:
+    payload["runs"].append({})
+
+    def emit(run):
+      payload["runs"][-1] = run
+      save()
+
+    measure(None, emit)
+  payload["complete"] = True
+  save()
+  print(json.dumps(payload["summary"], indent=1))
+  print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  app.run(main)
