@@ -12,7 +12,7 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from medfusion import cli
+from medfusion import cli, configcheck
 from medfusion.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -28,6 +28,7 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.setup(FLAGS.config)
+  configcheck.check(FLAGS.config)  # before the heavy imports, so a bad field fails at once
   from medfusion import scoring
 
   result = scoring.score_split(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)

@@ -9,7 +9,7 @@ import jax
 from absl import flags
 from ml_collections import config_flags
 
-from medfusion import cli
+from medfusion import cli, configcheck
 from medfusion.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -23,6 +23,7 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   cli.setup(FLAGS.config)
+  configcheck.check(FLAGS.config)  # before the heavy imports, so a bad field fails at once
   if FLAGS.distributed:
     jax.distributed.initialize()
   from medfusion import trainer

@@ -12,6 +12,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(ROOT, ".pytest_cache", "jax"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# The same XLA:CPU settings as the command-line tools (which apply config.cpu_ynnpack), so that results computed
+# in the test process and in the subprocesses it starts are bit-identical. Set before JAX starts its backend.
+from configs import default  # noqa: E402
+from medfusion import platform  # noqa: E402
+
+platform.configure_cpu(default.get_config().cpu_ynnpack)
+
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):

@@ -1,5 +1,5 @@
-"""Prints the losses of the first steps of smoke training as JSON (run in a subprocess by test_train.py, so
-that the number of simulated devices can be set through XLA_FLAGS before JAX starts)."""
+"""The losses of the first train steps of a tiny model; run as a script (by test_train.py, in a subprocess with
+simulated devices set through XLA_FLAGS before JAX starts) it prints them as JSON."""
 
 import json
 import sys
@@ -12,20 +12,29 @@ from medfusion import state as state_lib
 from medfusion.data import pipeline
 
 
-def main(tfds_dir: str, steps: int):
+def tiny_config(tfds_dir: str):
+  """The smoke config with a one-level UNet: the same code paths, a fraction of the compile time."""
   config = default.smoke(default.get_config())
   config.data.tfds_data_dir = tfds_dir
+  config.model.channels = 8
+  config.model.channel_mult = (1,)
+  config.model.attention_resolutions = ()
+  return config
+
+
+def losses(tfds_dir: str, steps: int) -> list[float]:
+  config = tiny_config(tfds_dir)
   mesh = sharding.make_mesh()
   model, optimizer = state_lib.make_model(config), state_lib.make_optimizer(config.train)
   state = state_lib.jit_init_state(config, model, optimizer, sharding.replicated(mesh))
   step_fn = trainer.make_train_step(config, model, optimizer, mesh)
   batches = pipeline.train_batches(pipeline.load_split(config.data, "train"), config.train.batch_size, config.seed)
-  losses = []
+  result = []
   for _ in range(steps):
     state, metrics = step_fn(state, sharding.to_global(mesh, next(batches)))
-    losses.append(float(metrics["loss"]))
-  print(json.dumps({"devices": jax.device_count(), "losses": losses}))
+    result.append(float(metrics["loss"]))
+  return result
 
 
 if __name__ == "__main__":
-  main(sys.argv[1], int(sys.argv[2]))
+  print(json.dumps({"devices": jax.device_count(), "losses": losses(sys.argv[1], int(sys.argv[2]))}))
