@@ -194,9 +194,9 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
   bar.close()
 
   table = _as_table(partial, header)
+  mean_errors = np.stack([table[f"mean_error_{c}"] for c in class_names], axis=1)
   if temperature is None:
     if split_name == config.data.eval_split:
-      mean_errors = np.stack([table[f"mean_error_{c}"] for c in class_names], axis=1)
       temperature = metrics.fit_temperature(-mean_errors, table["label"])
       write_json_atomic(
         os.path.join(workdir, CALIBRATION_FILE),
@@ -206,10 +206,10 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
     else:
       temperature = config.classify.temperature
       log.warning("No temperature fitted for this checkpoint; score the validation split first. Using %g", temperature)
-    mean_errors = np.stack([table[f"mean_error_{c}"] for c in class_names], axis=1)
-    probs = metrics.softmax_with_temperature(-mean_errors, temperature)
-    for j, c in enumerate(class_names):
-      table[f"prob_{c}"] = probs[:, j]
+  # Probabilities from the mean errors as stored in the CSV, so a resumed run's values equal an uninterrupted one's.
+  probs = metrics.softmax_with_temperature(-mean_errors, temperature)
+  for j, c in enumerate(class_names):
+    table[f"prob_{c}"] = probs[:, j]
 
   result = aggregate_metrics(table, class_names, temperature)
   result.update({"split": split_name, "checkpoint_step": step, "workdir": os.path.abspath(workdir)})

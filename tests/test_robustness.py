@@ -120,9 +120,12 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tfds_dir):
     "--config=configs/pneumoniamnist.py:smoke",
     f"--workdir={workdir}",
     f"--config.data.tfds_data_dir={tfds_dir}",
+    "--config.model.channels=8",  # train_losses_script.tiny_config
+    "--config.model.channel_mult=(1,)",
+    "--config.model.attention_resolutions=()",
     *[f"--config.train.{k}={v}" for k, v in overrides.items()],
   ]
-  for kill_after, sig in ((4, signal.SIGKILL), (10, signal.SIGTERM), (13, signal.SIGKILL), (18, signal.SIGKILL)):
+  for kill_after, sig in ((4, signal.SIGKILL), (9, signal.SIGTERM), (14, signal.SIGKILL)):
     proc = _start(args)
     _wait_for(lambda k=kill_after: _last_step(workdir) >= k, proc)
     proc.send_signal(sig)
