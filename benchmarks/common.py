@@ -243,8 +243,16 @@ def xla_flops(lowered_or_compiled) -> float | None:
   """FLOPs from XLA's HLO cost analysis of a `Lowered` or `Compiled`; None where the backend gives none.
 
   In jax 0.10 `cost_analysis()` returns a dict; older versions returned a list with one dict per computation.
+  Where a `Lowered` gives no analysis (jax 0.11 on GPU gave none), its compiled executable's is used.
   XLA counts the body of a while loop (`lax.map`, `lax.scan`) once, whatever its trip count.
   """
+  flops = _flops(lowered_or_compiled)
+  if flops is None and hasattr(lowered_or_compiled, "compile"):
+    flops = _flops(lowered_or_compiled.compile())
+  return flops
+
+
+def _flops(lowered_or_compiled) -> float | None:
   try:
     analysis = lowered_or_compiled.cost_analysis()
   except Exception:  # noqa: BLE001 - some backends do not implement it

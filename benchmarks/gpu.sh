@@ -3,45 +3,34 @@
 #
 #   bash benchmarks/gpu.sh              # JSON and a log in $OUT if set, else benchmarks/results
 #
-# Installs nothing. Needs python3 with jax (CUDA), flax, optax, orbax-checkpoint, scipy, absl-py, tqdm and
-# ml_collections. The lent GPU image has all but ml_collections: carry its wheel in .whl/ (see
-# benchmarks/README.md); this script then puts the unpacked wheel on PYTHONPATH (no pip). TensorFlow is not
-# needed (no --workdir here). Each benchmark rewrites its JSON after every configuration, so a timeout keeps what
-# finished; bfloat16 runs first for that reason.
+# Needs python3 with jax (CUDA), flax, optax, orbax-checkpoint, scipy, absl-py, tqdm and ml_collections. The lent
+# GPU image has all but ml_collections: carry its wheel in .whl/ (see benchmarks/README.md; launch/gpu_env.sh
+# installs it into a temporary folder). TensorFlow is not needed (no --workdir here). Each benchmark rewrites its
+# JSON after every configuration, so a timeout keeps what finished; bfloat16 runs first for that reason.
 set -u
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
 log="$out/gpu_log.txt"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-py="${PYTHON:-python3}"
-
-if ! "$py" -c "import ml_collections" 2>/dev/null; then
-  wheels=(.whl/ml_collections-*.whl)
-  wheel="${wheels[0]}"
-  if [ ! -f "$wheel" ]; then
-    echo "ml_collections is missing and no .whl/ml_collections-*.whl was carried; see benchmarks/README.md" >&2
-    exit 2
-  fi
-  site=$(mktemp -d)
-  "$py" -m zipfile -e "$wheel" "$site"
-  export PYTHONPATH="$PYTHONPATH:$site"
-fi
+source launch/gpu_env.sh
 
 {
   echo "== $(date -u +%FT%TZ) $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1)"
   "$py" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
   # Kernel: small B=64 K=32 C=2 in chunks of 1024 evaluations; paper B=16 K=8 C=2 in chunks of 32 (the CPU
-  # default of 32 would leave an H100 idle at small scale); loop batch 16.
-  timeout 140 "$py" -m benchmarks.kernel --model=small --dtypes=bfloat16,float32 --repeats=3 --chunk_size=1024 \
+  # default of 32 would leave the GPU idle at small scale); loop batch 16. Paper float32 runs last: it is the
+  # slowest and the least useful (the targets are bfloat16).
+  timeout 90 "$py" -m benchmarks.kernel --model=small --dtypes=bfloat16,float32 --repeats=3 --chunk_size=1024 \
     --tag=small --out_dir="$out"
   echo "== kernel small exit status $?"
-  timeout 145 "$py" -m benchmarks.kernel --model=paper --dtypes=bfloat16,float32 --repeats=3 --chunk_size=32 \
+  timeout 120 "$py" -m benchmarks.kernel --model=paper --dtypes=bfloat16 --repeats=3 --chunk_size=32 \
     --tag=paper --out_dir="$out"
-  echo "== kernel paper exit status $?"
+  echo "== kernel paper bfloat16 exit status $?"
   # Train step: small batch 32, paper batch 8, 10 steps per timed repeat.
-  timeout 165 "$py" -m benchmarks.train --model=small,paper --dtypes=bfloat16,float32 --repeats=3 --out_dir="$out"
+  timeout 150 "$py" -m benchmarks.train --model=small,paper --dtypes=bfloat16,float32 --repeats=3 --out_dir="$out"
   echo "== train exit status $?"
+  timeout 120 "$py" -m benchmarks.kernel --model=paper --dtypes=float32 --repeats=2 --chunk_size=32 \
+    --tag=paper_float32 --out_dir="$out"
+  echo "== kernel paper float32 exit status $?"
   echo "== $(date -u +%FT%TZ) done"
 } 2>&1 | tee "$log"

@@ -8,12 +8,10 @@ of the peak, and peak memory. On CPU each `--cpu_ynnpack` setting runs in its ow
 process-wide) and the results are merged into one JSON file under benchmarks/results/ (see README.md there).
 """
 
-import importlib.util
 import json
 import os
 import sys
 import time
-import types
 
 import jax
 import numpy as np
@@ -40,25 +38,6 @@ flags.DEFINE_string("child_ynnpack", "", "Internal: run as the subprocess for th
 flags.DEFINE_string("child_output", "", "Internal: where that subprocess writes its records.")
 
 
-def import_trainer():
-  """medfusion.trainer, which imports the TensorFlow input pipeline at module level.
-
-  This benchmark feeds synthetic batches and never uses the pipeline, so on a machine without TensorFlow (the
-  GPU image) a placeholder module stands in for it; any use of it raises.
-  """
-  if importlib.util.find_spec("tensorflow") is None and "medfusion.data.pipeline" not in sys.modules:
-    placeholder = types.ModuleType("medfusion.data.pipeline")
-
-    def missing(name):
-      raise ImportError(f"medfusion.data.pipeline.{name}: TensorFlow is not installed (benchmark placeholder)")
-
-    placeholder.__getattr__ = missing
-    sys.modules["medfusion.data.pipeline"] = placeholder
-  from medfusion import trainer
-
-  return trainer
-
-
 def model_config(name: str, dtype: str, batch_size: int):
   config = default.get_config()
   if name == "paper":
@@ -72,7 +51,8 @@ def model_config(name: str, dtype: str, batch_size: int):
 
 
 def throughput(name: str, dtype: str, peaks: dict) -> dict:
-  trainer = import_trainer()
+  from medfusion import trainer
+
   config = model_config(name, dtype, FLAGS.batch_size)
   b, size, channels = config.train.batch_size, config.data.image_size, config.data.num_channels
   steps = FLAGS.steps or (3 if jax.default_backend() == "cpu" else 10)

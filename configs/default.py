@@ -37,9 +37,10 @@ def get_config(arg: str = ""):
   config.cpu_ynnpack = "off"
 
   config.data = ml_collections.ConfigDict()
-  config.data.source = "npz"  # npz | synthetic_lesions | image_folder
+  config.data.source = "npz"  # npz | synthetic_lesions | image_folder | arrays
   config.data.npz = BUNDLED_NPZ  # MedMNIST-layout file (source=npz)
-  config.data.folder = ""  # root/<split>/<class>/<image> (source=image_folder)
+  # image_folder: root/<split>/<class>/<image>; arrays: the <split>.npz files written by medfusion.prepare
+  config.data.folder = ""
   config.data.synthetic_config = "default"  # default | smoke (source=synthetic_lesions)
   config.data.tfds_data_dir = str(pathlib.Path.home() / "tensorflow_datasets")
   config.data.num_classes = 2

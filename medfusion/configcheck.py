@@ -8,7 +8,7 @@ class ConfigError(UserError):
 
 
 _CHOICES = {
-  "data.source": ("npz", "synthetic_lesions", "image_folder"),
+  "data.source": ("npz", "synthetic_lesions", "image_folder", "arrays"),
   "data.fit": ("pad", "resize"),
   "data.on_bad_file": ("stop", "skip"),
   "model.dtype": ("float32", "bfloat16"),

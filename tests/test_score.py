@@ -100,3 +100,23 @@ def test_errors_same_on_one_and_eight_devices():
   assert (one["devices"], eight["devices"]) == (1, 8)
   np.testing.assert_allclose(eight["mean_errors"], one["mean_errors"], rtol=1e-5)
   assert eight["votes"] == one["votes"]
+
+
+def test_sweep_reuses_the_scoring_draws(scored, tmp_path):
+  from medfusion import sweeps
+
+  config, workdir, output, result = scored
+  sweep = sweeps.sweep_split(config, workdir, "val", str(tmp_path))
+  rows = read_csv(os.path.join(output, "scores.csv"))
+  errors = np.load(tmp_path / "errors.npz")["errors"]
+  assert errors.shape == (64, 2, config.classify.num_draws)
+  for c, name in enumerate(config.data.class_names):
+    np.testing.assert_allclose(errors[:, c].mean(axis=1), [float(r[f"mean_error_{name}"]) for r in rows], rtol=1e-5)
+    votes = (np.argmin(errors, axis=1) == c).sum(axis=1)
+    np.testing.assert_array_equal(votes, [int(r[f"votes_{name}"]) for r in rows])
+  k = config.classify.num_draws
+  assert sweep["k_sweep"]["k"][-1] == k
+  assert sweep["k_sweep"]["vote"][-1] == pytest.approx(result["vote"]["accuracy"])
+  assert sweep["k_sweep"]["mean"][-1] == pytest.approx(result["mean"]["accuracy"])
+  assert sum(sweep["t_profile"]["draws"]) == 64 * k
+  assert all(os.path.getsize(tmp_path / f) > 1000 for f in ("k_sweep.png", "t_profile.png"))

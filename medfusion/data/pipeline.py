@@ -4,29 +4,32 @@ Splits are small enough (MedMNIST, synthetic lesions, modest image folders) to h
 which makes training order a pure function of (seed, step): batch s holds examples s*B .. s*B+B-1 of an
 endless stream in which epoch e is a fixed permutation of the split. Resuming at step s, splitting a
 batch over processes or changing how many steps run at a time therefore never changes the data seen.
+
+Batching is numpy; TensorFlow (tfds sources, resizing) is imported only where such a split is loaded, so a
+machine without it can work on splits written elsewhere by medfusion.prepare (source 'arrays').
 """
 
 import collections
 import dataclasses
-import functools
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from medfusion.data import image_folder
 from medfusion.data.errors import DataError
-from medfusion.data.medmnist import MedmnistNpz
-from medfusion.data.synthetic_lesions import SyntheticLesions
-
-try:  # TF only feeds data here; keep it off the accelerators JAX uses.
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF has already initialised its devices.
-  pass
 
 _RESIZE_CHUNK = 1024  # images resized per call, bounding the float32 copy
-_SEED_PAD = tf.constant(498247692, tf.int64)  # what index_shuffle prepends to a [2] seed
+
+
+def _tensorflow():
+  """TensorFlow, kept off the accelerators JAX uses (it only reads and resizes data here)."""
+  import tensorflow as tf
+
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # TF has already initialised its devices.
+    pass
+  return tf
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +59,7 @@ def _fit(images: np.ndarray, size: int, fit: str, what: str, nearest: bool = Fal
     padding = ((0, 0), (top, size - height - top), (left, size - width - left), (0, 0))
     return np.pad(images, padding)
   method = "nearest" if nearest else "bilinear"
+  tf = _tensorflow()
   chunks = [
     tf.image.resize(images[i : i + _RESIZE_CHUNK], (size, size), method=method, antialias=not nearest)
     for i in range(0, len(images), _RESIZE_CHUNK)
@@ -65,6 +69,9 @@ def _fit(images: np.ndarray, size: int, fit: str, what: str, nearest: bool = Fal
 
 def _load_tfds(builder, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
   """Builds the dataset if needed and reads one split into memory, in file order."""
+  _tensorflow()
+  import tensorflow_datasets as tfds
+
   builder.download_and_prepare()
   if split not in builder.info.splits:
     raise DataError(f"{builder.info.full_name}: no split '{split}'; available splits: {sorted(builder.info.splits)}")
@@ -90,25 +97,53 @@ def _load_folder(data_config, split: str) -> Split:
   return Split(images, folder.labels, None, folder.skipped)
 
 
+def _load_arrays(data_config, split: str) -> Split:
+  """Reads `<folder>/<split>.npz` written by medfusion.prepare: images already at the model resolution."""
+  path = f"{data_config.folder}/{split}.npz"
+  try:
+    arrays = np.load(path)
+  except OSError as e:
+    raise DataError(f"{path}: cannot read ({e}); write it with python -m medfusion.prepare") from None
+  with arrays:
+    if not {"images", "labels"} <= set(arrays.files):
+      raise DataError(f"{path}: holds {sorted(arrays.files)}; expected the keys 'images' and 'labels'")
+    images, labels = arrays["images"], arrays["labels"].astype(np.int32)
+    masks = arrays["masks"] if "masks" in arrays.files else None
+  expected = (data_config.image_size, data_config.image_size, data_config.num_channels)
+  if images.dtype != np.uint8 or images.shape[1:] != expected or len(images) != len(labels):
+    raise DataError(
+      f"{path}: images are {images.dtype} {images.shape} with {len(labels)} labels; expected uint8 [N, *{expected}]"
+      " (config.data.image_size, num_channels) and one label per image"
+    )
+  return Split(images, labels, masks)
+
+
 def load_split(data_config, split: str) -> Split:
   """Loads `split` of the source named by `data_config` (config.data), at the model resolution.
 
   Sources: 'npz' (the MedMNIST-layout file data_config.npz), 'synthetic_lesions' (tfds config
-  data_config.synthetic_config) and 'image_folder' (data_config.folder). tfds sources are built once
-  into data_config.tfds_data_dir and read from there afterwards. Raises DataError for bad or missing data.
+  data_config.synthetic_config), 'image_folder' (data_config.folder) and 'arrays' (data_config.folder as
+  written by medfusion.prepare; needs no TensorFlow). tfds sources are built once into
+  data_config.tfds_data_dir and read from there afterwards. Raises DataError for bad or missing data.
   """
   source = data_config.source
   if source == "image_folder":
     loaded = _load_folder(data_config, split)
+  elif source == "arrays":
+    loaded = _load_arrays(data_config, split)
   else:
     if source == "npz":
+      from medfusion.data.medmnist import MedmnistNpz
+
       builder = MedmnistNpz(
         npz_path=data_config.npz, num_classes=data_config.num_classes, data_dir=data_config.tfds_data_dir
       )
     elif source == "synthetic_lesions":
+      from medfusion.data.synthetic_lesions import SyntheticLesions
+
       builder = SyntheticLesions(config=data_config.synthetic_config, data_dir=data_config.tfds_data_dir)
     else:
-      raise ValueError(f"config.data.source must be npz, synthetic_lesions or image_folder, got '{source}'")
+      raise ValueError(f"config.data.source must be npz, synthetic_lesions, image_folder or arrays, got '{source}'")
     images, labels, masks = _load_tfds(builder, split)
     what = f"{builder.info.full_name} split '{split}'"
     if images.shape[-1] != data_config.num_channels:
@@ -124,6 +159,11 @@ def load_split(data_config, split: str) -> Split:
   return loaded
 
 
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The permutation of example indices that epoch `epoch` visits: a pure function of (seed, epoch)."""
+  return np.random.default_rng((seed, epoch)).permutation(num_examples)
+
+
 def train_batches(
   split: Split,
   global_batch_size: int,
@@ -135,32 +175,25 @@ def train_batches(
   """Endless shuffled training batches; this process's rows of each global batch, from `start_step` on.
 
   Global batch s holds stream positions i = s*B + j (j < B); position i is example
-  index_shuffle(i % N, seed=(seed, i // N)), a fresh permutation per epoch. Yields
+  epoch_order(N, seed, i // N)[i % N], a fresh permutation per epoch. Yields
   {"image": float32 [B/P, S, S, C] in [-1, 1], "label": int32 [B/P]}.
   """
   if global_batch_size % process_count:
     raise ValueError(f"global batch size {global_batch_size} is not divisible by {process_count} processes")
   num_examples, local_batch_size = len(split.labels), global_batch_size // process_count
-  first_row = process_index * local_batch_size
+  return _train_batches(split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples)
 
-  def gather(indices):
-    return split.images[indices], split.labels[indices]
 
-  def batch(step):
-    rows = step * global_batch_size + first_row + tf.range(local_batch_size, dtype=tf.int64)
-    # tf.random.experimental.index_shuffle(i % N, (seed, i // N), N - 1), one seed per row: its wrapper
-    # mispads [n, 2] seeds, so call the op with the [n, 3] seeds the wrapper would build from (seed, epoch).
-    fill = functools.partial(tf.fill, [local_batch_size])
-    seeds = tf.stack([fill(_SEED_PAD), fill(tf.constant(seed, tf.int64)), rows // num_examples], axis=1)
-    indices = tf.raw_ops.RandomIndexShuffle(index=rows % num_examples, seed=seeds, max_index=num_examples - 1)
-    images, labels = tf.numpy_function(gather, [indices], (tf.uint8, tf.int32), stateful=False)
-    images = tf.ensure_shape(images, (local_batch_size, *split.images.shape[1:]))
-    labels = tf.ensure_shape(labels, (local_batch_size,))
-    return {"image": tf.cast(images, tf.float32) / 127.5 - 1.0, "label": labels}
-
-  steps = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
-  dataset = steps.map(batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+def _train_batches(split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples):
+  orders = {}  # epoch -> permutation, for the (at most two) epochs the current batch spans
+  for step in range(start_step, np.iinfo(np.int64).max):
+    rows = step * global_batch_size + process_index * local_batch_size + np.arange(local_batch_size)
+    epochs, positions = np.divmod(rows, num_examples)
+    orders = {e: orders[e] if e in orders else epoch_order(num_examples, seed, e) for e in np.unique(epochs)}
+    indices = np.empty(local_batch_size, np.int64)
+    for epoch, order in orders.items():
+      indices[epochs == epoch] = order[positions[epochs == epoch]]
+    yield {"image": split.images[indices].astype(np.float32) / 127.5 - 1.0, "label": split.labels[indices]}
 
 
 def eval_batches(split: Split, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[dict]:

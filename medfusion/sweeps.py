@@ -1,0 +1,121 @@
+"""How accuracy depends on the draws: the number K (mean vs vote) and the timestep t of each draw.
+
+`draw_errors` evaluates every image on all K draws and classes once; `k_sweep` and `t_profile` are pure
+functions of that tensor, so trying other K or t ranges costs no network evaluations.
+"""
+
+import os
+
+import jax
+import numpy as np
+import tqdm
+
+from medfusion import plots, scoring
+from medfusion.classify import aggregate, draws
+from medfusion.classify.classifier import DiffusionClassifier, _pad
+from medfusion.data import pipeline
+from medfusion.errors import UserError
+from medfusion.writers import write_json_atomic
+
+
+def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, progress=None):
+  """(errors [n, C, K], t [n, K]) of the first n images: draws 0..K-1 of medfusion.score, every class."""
+  cfg, c = classifier.cfg, classifier.num_classes
+  b, k = cfg.batch_size, cfg.num_draws
+  classes = np.broadcast_to(np.arange(c), (b, c))
+  errors = []
+  for batch in pipeline.eval_batches(split, b, 0, n):
+    rows = batch["valid"]
+    draw_ids = np.broadcast_to(np.arange(k), (b, k))
+    padded = _pad(b, batch["image"][rows], batch["index"][rows], draw_ids[rows])
+    errors.append(classifier.errors(*padded, classes)[: rows.sum()])
+    if progress is not None:
+      progress(int(rows.sum()))
+  keys = jax.vmap(lambda i: draws.image_key(classifier.config.seed, i))(np.arange(n))
+  t = jax.vmap(lambda key: draws.timesteps(key, k, cfg.timesteps, cfg.t_min, cfg.t_max))(keys)
+  return np.concatenate(errors), np.asarray(t)
+
+
+def k_sweep(errors: np.ndarray, labels: np.ndarray, ks) -> dict:
+  """Accuracy of the mean and vote aggregators on the first k draws, for each k in `ks`."""
+  result = {"k": [int(k) for k in ks], "mean": [], "vote": []}
+  for k in ks:
+    prefix = errors[:, :, :k]
+    mean_errors = prefix.mean(axis=2)
+    votes = aggregate.votes_from_errors(prefix)
+    result["mean"].append(float(np.mean(aggregate.mean_prediction(mean_errors) == labels)))
+    result["vote"].append(float(np.mean(aggregate.vote_prediction(votes, mean_errors) == labels)))
+  return result
+
+
+def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> dict:
+  """Single-draw accuracy (the draw's lowest-error class is the label) in `num_bins` equal bins of t, overall
+  and per true class: where in the schedule the class signal lies."""
+  edges = np.linspace(0.0, 1.0, num_bins + 1)
+  correct = np.argmin(errors, axis=1) == labels[:, None]  # [N, K]
+  bins = np.clip(np.digitize(t, edges) - 1, 0, num_bins - 1)
+  result = {"t_low": edges[:-1].tolist(), "t_high": edges[1:].tolist(), "draws": [], "accuracy": []}
+  per_class = {int(c): [] for c in np.unique(labels)}
+  for i in range(num_bins):
+    in_bin = bins == i
+    result["draws"].append(int(in_bin.sum()))
+    result["accuracy"].append(float(correct[in_bin].mean()) if in_bin.any() else float("nan"))
+    for c, accuracies in per_class.items():
+      mask = in_bin & (labels[:, None] == c)
+      accuracies.append(float(correct[mask].mean()) if mask.any() else float("nan"))
+  result["accuracy_by_class"] = per_class
+  return result
+
+
+def sweep_split(config, workdir: str, split_name: str, output: str, max_examples: int = 0) -> dict:
+  """Evaluates the first config.classify.num_draws draws of `split_name` and writes errors.npz, sweep.json,
+  k_sweep.png and t_profile.png to `output`; returns sweep.json's content."""
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} does not exist")
+  split = pipeline.load_split(config.data, split_name)
+  n = len(split.labels) if max_examples <= 0 else min(max_examples, len(split.labels))
+  params, step = scoring.load_ema_params(config, workdir)
+  with tqdm.tqdm(total=n, desc=f"draws {split_name}", unit="img") as bar:
+    errors, t = draw_errors(DiffusionClassifier(config, params), split, n, bar.update)
+  labels = split.labels[:n]
+  k = config.classify.num_draws
+  result = {
+    "split": split_name,
+    "n": n,
+    "checkpoint_step": step,
+    "workdir": os.path.abspath(workdir),
+    "classify": config.classify.to_dict(),
+    "k_sweep": k_sweep(errors, labels, [2**i for i in range(k.bit_length())]),
+    "t_profile": t_profile(errors, t, labels),
+  }
+  os.makedirs(output, exist_ok=True)
+  tmp = os.path.join(output, "errors.tmp.npz")
+  np.savez(tmp, errors=errors, t=t, labels=labels)
+  os.replace(tmp, os.path.join(output, "errors.npz"))
+  write_json_atomic(os.path.join(output, "sweep.json"), result)
+  _plot(result, list(config.data.class_names), output)
+  return result
+
+
+def _plot(result: dict, class_names: list[str], output: str) -> None:
+  sweep, profile, where = result["k_sweep"], result["t_profile"], f"{result['split']} (n={result['n']})"
+  plots.save_line_plot_png(
+    os.path.join(output, "k_sweep.png"),
+    sweep["k"],
+    {"mean error": sweep["mean"], "majority vote": sweep["vote"]},
+    "draws K",
+    "accuracy",
+    f"{where}: accuracy vs number of draws",
+    logx=True,
+  )
+  centres = (np.array(profile["t_low"]) + np.array(profile["t_high"])) / 2
+  curves = {"all": profile["accuracy"]}
+  curves.update({f"true {class_names[c]}": v for c, v in profile["accuracy_by_class"].items()})
+  plots.save_line_plot_png(
+    os.path.join(output, "t_profile.png"),
+    centres,
+    curves,
+    "t (bin centre)",
+    "single-draw accuracy",
+    f"{where}: which timesteps carry the class",
+  )
