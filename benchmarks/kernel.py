@@ -2,15 +2,17 @@ r"""Throughput of the error kernel against the per-(draw, class) loop of the ori
 
   python -m benchmarks.kernel --model=small --dtypes=float32,bfloat16 --num_draws=8 --batch_size=16 \
       --repeats=3 --cpu_ynnpack=default,off
-  python -m benchmarks.kernel --workdir=runs/pneumonia --split=val     # adds the early-stopping figure
+  python -m benchmarks.kernel --workdir=pretrained/pneumoniamnist --config=configs/pneumoniamnist.py --split=val
+      # adds the early-stopping figure on a trained model
 
 For each model preset (small: configs/default.py, 32x32x1; paper: `default.paper`, 256x256) and compute dtype
 (`config.classify.dtype`) it times one call of the vectorized kernel (`medfusion.classify.kernel.make_kernel`) on
 B images x K draws x C classes, and the same errors computed the way the PyTorch code does it: a Python loop
 over draws and classes with one jitted model call per (draw, class) on `--loop_batch` images. With `--workdir`
-it also scores real images of a trained model with sequential vote early stopping (`classify.adaptive =
-'sequential'`) and compares its images/s with the loop at the full budget. On CPU each `--cpu_ynnpack` setting
-runs in its own subprocess (XLA flags are process-wide) and the results are merged into one JSON file under
+and `--config` (a training workdir or an exported model, and the config it was trained with) it also scores real
+images with sequential vote early stopping (`classify.adaptive = 'sequential'`) and compares its images/s with
+the loop at the full budget. On CPU each `--cpu_ynnpack` setting runs in its own subprocess (XLA flags are
+process-wide) and the results are merged into one JSON file under
 benchmarks/results/ (README.md there explains every field).
 """
 
@@ -25,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from benchmarks import common
 from configs import default
@@ -49,7 +52,8 @@ flags.DEFINE_integer("loop_batch", 16, "Images per model call in the loop baseli
 flags.DEFINE_integer("repeats", 5, "Timed repeats of each measurement (the median is reported).")
 flags.DEFINE_integer("matmul_repeats", 5, "Timed repeats of the matmul that measures the CPU peak.")
 flags.DEFINE_string("cpu_ynnpack", "default,off", "CPU only: comma-separated config.cpu_ynnpack settings to compare.")
-flags.DEFINE_string("workdir", "", "Training workdir: adds the early-stopping figure on its EMA parameters.")
+flags.DEFINE_string("workdir", "", "Training workdir or exported model: adds the early-stopping figure.")
+config_flags.DEFINE_config_file("config", None, "With --workdir: the config the model was trained with.")
 flags.DEFINE_string("split", "val", "Split of the workdir config's dataset scored for the early-stopping figure.")
 flags.DEFINE_integer("early_stop_images", 128, "Images of --split scored for the early-stopping figure.")
 flags.DEFINE_integer("early_stop_draws", 0, "Full budget K of the early-stopping figure. 0: the workdir config's.")
@@ -278,33 +282,22 @@ def throughput(name: str, dtype: str, peaks: dict) -> dict:
 # --- Early stopping on a trained model ---------------------------------------------------------------------------
 
 
-def load_workdir_config(workdir: str):
-  import ml_collections
-
-  path = os.path.join(workdir, "config.json")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def early_stop(dtype: str) -> dict:
   """Sequential vote early stopping vs the loop at the full budget, on real images and trained EMA parameters."""
-  from medfusion import checkpoint
+  from medfusion import scoring
   from medfusion.classify import aggregate, classifier
-  from medfusion.data import pipeline  # imports TensorFlow: only here, when --workdir is given
+  from medfusion.data import pipeline
 
-  config = load_workdir_config(FLAGS.workdir)
+  if FLAGS.config is None:
+    raise app.UsageError("--workdir needs --config: the config the model was trained with")
+  config = FLAGS.config.copy_and_resolve_references()
   config.classify.dtype = dtype
   config.classify.num_draws = FLAGS.early_stop_draws or config.classify.num_draws
   config.classify.batch_size = FLAGS.early_stop_batch_size or config.classify.batch_size
   config.classify.prune_stages = ()
   k, b, c = config.classify.num_draws, config.classify.batch_size, config.data.num_classes
   mesh = sharding.make_mesh()
-  model = state_lib.make_model(config)
-  optimizer = state_lib.make_optimizer(config.train)
-  abstract = state_lib.abstract_state(config, model, optimizer, sharding.replicated(mesh))
-  state, _, step = checkpoint.restore_for_inference(FLAGS.workdir, abstract)
-  params = state.ema_params
-  del state
+  params, step = scoring.load_ema_params(config, FLAGS.workdir)
 
   split = pipeline.load_split(config.data, FLAGS.split)
   rows = list(pipeline.eval_batches(split, b, 0, FLAGS.early_stop_images))
