@@ -19,6 +19,13 @@ def get_config(arg: str = ""):
   config.data.image_size = 32
   config.data.fit = "pad"
   config.data.eval_split = "val"
+  # Of four variants trained for the shipped model (pretrained/pneumoniamnist/README.md), this one reached the
+  # lowest validation loss: 3,400 steps (~90 min on the 2-core reference CPU), lr 1e-3, no dropout.
+  config.train.steps = 3400
+  config.train.learning_rate = 1e-3
+  config.model.dropout = 0.0
+  # Accuracy still grew from 32 to 64 draws on the validation split (docs/pneumoniamnist.md).
+  config.classify.num_draws = 64
   if default.parse_arg(arg, smoke=False).smoke:
     default.smoke(config)
   return config

@@ -206,22 +206,14 @@ def train_and_evaluate(config, workdir: str):
   rep = sharding.replicated(mesh)
   abstract = abstract_state(config, model, optimizer, rep)
   ckpts = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints, config.eval.best_metric, config.eval.best_mode)
-  restored = ckpts.restore_latest(abstract)
-  if restored is None:
-    # Init runs once on tiny inputs: at XLA's default optimisation level the CPU took ~40 s to compile its ~20
-    # random initialisers, at level 0 ~8 s (2-core reference CPU, measured); values agree to float32 rounding.
-    init = jax.jit(
-      functools.partial(init_state, config, model, optimizer),
-      out_shardings=rep,
-      compiler_options={"xla_backend_optimization_level": 0},
-    )
-    state = init()
-    log.info("Starting training from scratch in %s", workdir)
-  else:
-    state, _ = restored
-    log.info("Resumed from step %d in %s", int(state.step), workdir)
-  log.info("Model: %s parameters; %d devices", f"{state_lib.count_params(state.params):,}", jax.device_count())
-
+  # Init runs once on tiny inputs: at XLA's default optimisation level the CPU took ~40 s to compile its ~20
+  # random initialisers, at level 0 ~8 s (2-core reference CPU, measured); values agree to float32 rounding.
+  init = jax.jit(
+    functools.partial(init_state, config, model, optimizer),
+    out_shardings=rep,
+    compiler_options={"xla_backend_optimization_level": 0},
+  )
+  state = trainer.restore_or_init(ckpts, abstract, init, workdir)
   train_step = make_train_step(config, model, optimizer, mesh)
   predict_step = make_predict_step(model, mesh)
   state = trainer.train_loop(

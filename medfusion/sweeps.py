@@ -48,6 +48,38 @@ def k_sweep(errors: np.ndarray, labels: np.ndarray, ks) -> dict:
   return result
 
 
+def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_round: int) -> dict:
+  """Sequential vote early stopping replayed on the error tensor, for each level delta: the mean draws per image,
+  the share of predictions equal to the full budget's, and accuracy; what `classify.adaptive='sequential'`
+  would do with these draws (rounds of `draws_per_round`)."""
+  n, _, k = errors.shape
+  checks = aggregate.num_checks(k, draws_per_round)
+  full = aggregate.vote_prediction(aggregate.votes_from_errors(errors), errors.mean(axis=2))
+  result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "full_budget_draws": k}
+  result.update({"mean_draws": [], "agreement": [], "accuracy": []})
+  for delta in deltas:
+    used = np.full(n, k)
+    open_ = np.ones(n, bool)
+    for stop in range(draws_per_round, k, draws_per_round):
+      decided = open_ & aggregate.sequential_vote_decided(
+        aggregate.votes_from_errors(errors[:, :, :stop]), checks, delta
+      )
+      used[decided] = stop
+      open_ &= ~decided
+    prediction = np.array(
+      [
+        aggregate.vote_prediction(
+          aggregate.votes_from_errors(errors[i : i + 1, :, : used[i]]), errors[i : i + 1, :, : used[i]].mean(axis=2)
+        )[0]
+        for i in range(n)
+      ]
+    )
+    result["mean_draws"].append(float(used.mean()))
+    result["agreement"].append(float(np.mean(prediction == full)))
+    result["accuracy"].append(float(np.mean(prediction == labels)))
+  return result
+
+
 def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> dict:
   """Single-draw accuracy (the draw's lowest-error class is the label) in `num_bins` equal bins of t, overall
   and per true class: where in the schedule the class signal lies."""
@@ -87,6 +119,7 @@ def sweep_split(config, workdir: str, split_name: str, output: str, max_examples
     "classify": config.classify.to_dict(),
     "k_sweep": k_sweep(errors, labels, [2**i for i in range(k.bit_length())]),
     "t_profile": t_profile(errors, t, labels),
+    "early_stop": early_stop_sweep(errors, labels, (0.001, 0.01, 0.05, 0.1), config.classify.draws_per_round),
   }
   os.makedirs(output, exist_ok=True)
   tmp = os.path.join(output, "errors.tmp.npz")

@@ -125,14 +125,8 @@ def train_and_evaluate(config, workdir: str):
   optimizer = state_lib.make_optimizer(config.train)
   rep = sharding.replicated(mesh)
   ckpts = checkpoint.Checkpoints(workdir, config.train.keep_checkpoints, config.eval.best_metric, config.eval.best_mode)
-  restored = ckpts.restore_latest(state_lib.abstract_state(config, model, optimizer, rep))
-  if restored is None:
-    state = state_lib.jit_init_state(config, model, optimizer, rep)
-    log.info("Starting training from scratch in %s", workdir)
-  else:
-    state, _ = restored
-    log.info("Resumed from step %d in %s", int(state.step), workdir)
-  log.info("Model: %s parameters; %d devices", f"{state_lib.count_params(state.params):,}", jax.device_count())
+  abstract = state_lib.abstract_state(config, model, optimizer, rep)
+  state = restore_or_init(ckpts, abstract, lambda: state_lib.jit_init_state(config, model, optimizer, rep), workdir)
 
   train_step = make_train_step(config, model, optimizer, mesh)
   eval_step = make_eval_step(config, model, mesh)
@@ -146,6 +140,19 @@ def train_and_evaluate(config, workdir: str):
     ckpts,
     train_split,
   )
+
+
+def restore_or_init(ckpts, abstract_state, init_fn, workdir: str):
+  """The newest checkpoint in `workdir` (restored to `abstract_state`), else a fresh `init_fn()`; logs which."""
+  restored = ckpts.restore_latest(abstract_state)
+  if restored is None:
+    state = init_fn()
+    log.info("Starting training from scratch in %s", workdir)
+  else:
+    state, _ = restored
+    log.info("Resumed from step %d in %s", int(state.step), workdir)
+  log.info("Model: %s parameters; %d devices", f"{state_lib.count_params(state.params):,}", jax.device_count())
+  return state
 
 
 def train_loop(config, workdir: str, mesh, state, train_step, evaluate_fn, ckpts, train_split):

@@ -41,17 +41,17 @@ def run_python(args, env_extra=None, timeout=600, check=True):
 
 @pytest.fixture(scope="session")
 def lesion_model(tmp_path_factory, tfds_dir):
-  """(config, workdir) of the smoke UNet trained for 300 steps on synthetic_lesions:smoke."""
+  """(config, workdir) of the smoke UNet trained for 450 steps on synthetic_lesions:smoke."""
   from configs import synthetic_lesions
   from medfusion import trainer
 
   workdir = str(tmp_path_factory.mktemp("lesions"))
   config = synthetic_lesions.get_config("smoke")
   config.data.tfds_data_dir = tfds_dir
-  config.train.steps = 300
+  config.train.steps = 450
   config.train.learning_rate = 2e-3
   config.train.progress_bar = False
-  config.train.eval_every = 300
-  config.train.checkpoint_every = 300
+  config.train.eval_every = 450
+  config.train.checkpoint_every = 450
   trainer.train_and_evaluate(config, workdir)
   return config, workdir

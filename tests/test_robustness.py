@@ -146,6 +146,23 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tfds_dir):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def test_second_sigterm_exits_at_once():
+  """The first SIGTERM only asks the loop to checkpoint and stop; a second one ends the process on the spot."""
+  script = """
+import os, signal, time
+from medfusion.trainer import Preemption
+preemption = Preemption()
+os.kill(os.getpid(), signal.SIGTERM)
+print("after first:", preemption.requested, flush=True)
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+print("still running", flush=True)
+"""
+  proc = run_python(["-c", script], check=False, timeout=60)
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+  assert proc.stdout.strip() == "after first: True"  # never "still running"
+
+
 def test_scoring_killed_at_random_moments_loses_nothing(tmp_path, tfds_dir, lesion_model):
   config, workdir = lesion_model
   config = config.copy_and_resolve_references()
@@ -190,3 +207,33 @@ def test_errors_are_finite_at_the_extremes_of_the_schedule(t, prediction):
   output = jax.random.normal(jax.random.fold_in(key, 2), x.shape)  # any finite network output
   for error in kernel.ERRORS:
     assert np.all(np.isfinite(kernel.pair_error(error, output, x, eps, z, logsnr, prediction))), error
+
+
+def test_shipped_model_scores_alike_in_bfloat16_and_float32(tfds_dir):
+  """pretrained/pneumoniamnist on the whole bundled validation split: bf16 and fp32 predictions agree on >= 99 %
+  of the images for both aggregators (K = 4 draws keeps this test short; the shipped config uses 64)."""
+  from configs import pneumoniamnist
+  from medfusion.classify import aggregate
+  from medfusion.classify.classifier import DiffusionClassifier
+  from medfusion.data import pipeline
+
+  config = pneumoniamnist.get_config()
+  config.data.tfds_data_dir = tfds_dir
+  config.classify.num_draws = 4
+  split = pipeline.load_split(config.data, "val")
+  images = split.images.astype(np.float32) / 127.5 - 1.0
+  indices = np.arange(len(images), dtype=np.int32)
+  params, step = scoring.load_ema_params(config, os.path.join(ROOT, "pretrained", "pneumoniamnist"))
+  assert step == 3400
+  predictions = {}
+  for dtype in ("float32", "bfloat16"):
+    config.classify.dtype = dtype
+    tally = DiffusionClassifier(config, params).score(images, indices)
+    predictions[dtype] = {
+      "vote": aggregate.vote_prediction(tally.votes, tally.mean_errors),
+      "mean": aggregate.mean_prediction(tally.mean_errors),
+    }
+  for name in ("vote", "mean"):
+    fp32, bf16 = predictions["float32"][name], predictions["bfloat16"][name]
+    assert np.mean(fp32 == bf16) >= 0.99, (name, np.mean(fp32 == bf16))
+    assert np.mean(fp32 == split.labels) >= 0.85, (name, np.mean(fp32 == split.labels))  # the model classifies

@@ -120,3 +120,18 @@ def test_sweep_reuses_the_scoring_draws(scored, tmp_path):
   assert sweep["k_sweep"]["mean"][-1] == pytest.approx(result["mean"]["accuracy"])
   assert sum(sweep["t_profile"]["draws"]) == 64 * k
   assert all(os.path.getsize(tmp_path / f) > 1000 for f in ("k_sweep.png", "t_profile.png"))
+
+
+def test_export_ships_the_best_ema_parameters(scored, tmp_path):
+  """medfusion.export writes params only; the folder then serves as a workdir with the same parameters."""
+  import jax
+
+  config, workdir, _, _ = scored
+  step = scoring.export(config, workdir, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["calibration.json", "config.json", "export.json", "params"]
+  original, original_step = scoring.load_ema_params(config, workdir)
+  shipped, shipped_step = scoring.load_ema_params(config, str(tmp_path))
+  assert step == original_step == shipped_step
+  for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(shipped), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert scoring.temperature_for(config, str(tmp_path), step) == scoring.temperature_for(config, workdir, step)
