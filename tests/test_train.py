@@ -14,6 +14,8 @@ from configs import default
 from medfusion import checkpoint, sharding, trainer
 from medfusion import state as state_lib
 
+pytestmark = pytest.mark.xdist_group("train")  # one worker builds the module's trained smoke run
+
 
 def smoke_config(tfds_dir, **train):
   config = default.smoke(default.get_config())

@@ -6,15 +6,15 @@ import sys
 
 import jax
 
-from configs import default
+from configs import pneumoniamnist
 from medfusion import sharding, trainer
 from medfusion import state as state_lib
 from medfusion.data import pipeline
 
 
 def tiny_config(tfds_dir: str):
-  """The smoke config with a one-level UNet: the same code paths, a fraction of the compile time."""
-  config = default.smoke(default.get_config())
+  """configs/pneumoniamnist.py:smoke with a one-level UNet: the same code paths, a fraction of the compile time."""
+  config = pneumoniamnist.get_config("smoke")
   config.data.tfds_data_dir = tfds_dir
   config.model.channels = 8
   config.model.channel_mult = (1,)
