@@ -11,8 +11,6 @@ from medfusion import state as state_lib
 from medfusion.classify import classifier, draws, kernel
 from medfusion.diffusion import schedules
 
-pytestmark = pytest.mark.xdist_group("kernel")  # one worker builds the module's compiled kernel setup
-
 
 @pytest.fixture(scope="module")
 def setup():

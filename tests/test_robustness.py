@@ -40,11 +40,16 @@ def test_cli_rejects_bad_config_fields_in_one_line(tmp_path):
   assert not os.listdir(tmp_path)  # nothing written before the config is known to be good
 
 
-@pytest.mark.xdist_group("lesions")  # shares the session lesion model with test_score.py
 def test_cli_rejects_bad_data_and_checkpoints_in_one_line(tmp_path, tfds_dir, lesion_model):
   bad = tmp_path / "bad.npz"
   np.savez(bad, train_images=np.zeros((4, 28, 28), np.uint8), train_labels=np.zeros((3, 1), np.uint8))
-  score = ["-m", "medfusion.score", "--config=configs/synthetic_lesions.py:smoke", f"--output={tmp_path}/out"]
+  score = [
+    "-m",
+    "medfusion.score",
+    "--config=configs/synthetic_lesions.py:smoke",
+    "--config.model.attention_resolutions=()",
+    f"--output={tmp_path}/out",
+  ]
   tfds = f"--config.data.tfds_data_dir={tfds_dir}"
   workdir = f"--workdir={lesion_model[1]}"
   procs = {
@@ -164,7 +169,6 @@ print("still running", flush=True)
   assert proc.stdout.strip() == "after first: True"  # never "still running"
 
 
-@pytest.mark.xdist_group("lesions")  # shares the session lesion model with test_score.py
 def test_scoring_killed_at_random_moments_loses_nothing(tmp_path, tfds_dir, lesion_model):
   config, workdir = lesion_model
   config = config.copy_and_resolve_references()
@@ -181,7 +185,8 @@ def test_scoring_killed_at_random_moments_loses_nothing(tmp_path, tfds_dir, lesi
     "--split=val",
     f"--output={output}",
     f"--config.data.tfds_data_dir={tfds_dir}",
-    "--config.train.steps=300",
+    "--config.train.steps=450",
+    "--config.model.attention_resolutions=()",
     "--config.classify.batch_size=4",
   ]
   partial = os.path.join(output, "scores.partial.csv")

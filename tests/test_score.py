@@ -11,8 +11,6 @@ from conftest import run_python
 
 from medfusion import scoring
 
-pytestmark = pytest.mark.xdist_group("lesions")  # every user of the session lesion model on one worker
-
 
 @pytest.fixture(scope="module")
 def scored(lesion_model, tmp_path_factory):

@@ -10,16 +10,13 @@ import pytest
 import train_losses_script
 from conftest import run_python
 
-from configs import default
 from medfusion import checkpoint, sharding, trainer
 from medfusion import state as state_lib
 
-pytestmark = pytest.mark.xdist_group("train")  # one worker builds the module's trained smoke run
-
 
 def smoke_config(tfds_dir, **train):
-  config = default.smoke(default.get_config())
-  config.data.tfds_data_dir = tfds_dir
+  """train_losses_script.tiny_config (a one-level UNet: compiles fast) with these train fields."""
+  config = train_losses_script.tiny_config(tfds_dir)
   config.train.progress_bar = False
   for k, v in train.items():
     config.train[k] = v
