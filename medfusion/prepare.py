@@ -9,7 +9,6 @@ source has them), exactly what medfusion.data.pipeline.load_split returns. Any c
 
 import os
 
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
@@ -30,6 +29,7 @@ def main(argv):
   cli.setup(config)
   configcheck.check(config)
   from medfusion.data import pipeline
+  from medfusion.writers import write_npz_atomic
 
   os.makedirs(FLAGS.output, exist_ok=True)
   for name in FLAGS.splits or (config.data.train_split, config.data.eval_split):
@@ -38,8 +38,7 @@ def main(argv):
     if split.masks is not None:
       arrays["masks"] = split.masks
     path = os.path.join(FLAGS.output, f"{name}.npz")
-    np.savez(f"{path}.tmp.npz", **arrays)
-    os.replace(f"{path}.tmp.npz", path)
+    write_npz_atomic(path, **arrays)
     print(f"{name}: {len(split.labels)} images {split.images.shape[1:]} -> {path}")
 
 

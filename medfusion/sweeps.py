@@ -15,7 +15,7 @@ from medfusion.classify import aggregate, draws
 from medfusion.classify.classifier import DiffusionClassifier, _pad
 from medfusion.data import pipeline
 from medfusion.errors import UserError
-from medfusion.writers import write_json_atomic
+from medfusion.writers import write_json_atomic, write_npz_atomic
 
 
 def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, progress=None):
@@ -23,10 +23,10 @@ def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, 
   cfg, c = classifier.cfg, classifier.num_classes
   b, k = cfg.batch_size, cfg.num_draws
   classes = np.broadcast_to(np.arange(c), (b, c))
+  draw_ids = np.broadcast_to(np.arange(k), (b, k))
   errors = []
   for batch in pipeline.eval_batches(split, b, 0, n):
     rows = batch["valid"]
-    draw_ids = np.broadcast_to(np.arange(k), (b, k))
     padded = _pad(b, batch["image"][rows], batch["index"][rows], draw_ids[rows])
     errors.append(classifier.errors(*padded, classes)[: rows.sum()])
     if progress is not None:
@@ -36,15 +36,28 @@ def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, 
   return np.concatenate(errors), np.asarray(t)
 
 
+def _running_totals(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(votes, mean errors) [N, C, K] after the first 1..K draws: index s holds the totals of draws 0..s."""
+  winners = np.argmin(errors, axis=1)  # [N, K]; exact ties go to the lower class, as in votes_from_errors
+  votes = np.cumsum(winners[:, None, :] == np.arange(errors.shape[1])[None, :, None], axis=2)
+  return votes, np.cumsum(errors, axis=2) / np.arange(1, errors.shape[2] + 1)
+
+
+def _vote_after(votes: np.ndarray, mean_errors: np.ndarray, draws: np.ndarray) -> np.ndarray:
+  """Vote predictions [N] after `draws` [N] draws of each image, from the running totals."""
+  at = (draws - 1)[:, None, None]
+  return aggregate.vote_prediction(
+    np.take_along_axis(votes, at, axis=2)[:, :, 0], np.take_along_axis(mean_errors, at, axis=2)[:, :, 0]
+  )
+
+
 def k_sweep(errors: np.ndarray, labels: np.ndarray, ks) -> dict:
   """Accuracy of the mean and vote aggregators on the first k draws, for each k in `ks`."""
+  votes, mean_errors = _running_totals(errors)
   result = {"k": [int(k) for k in ks], "mean": [], "vote": []}
   for k in ks:
-    prefix = errors[:, :, :k]
-    mean_errors = prefix.mean(axis=2)
-    votes = aggregate.votes_from_errors(prefix)
-    result["mean"].append(float(np.mean(aggregate.mean_prediction(mean_errors) == labels)))
-    result["vote"].append(float(np.mean(aggregate.vote_prediction(votes, mean_errors) == labels)))
+    result["mean"].append(float(np.mean(aggregate.mean_prediction(mean_errors[:, :, k - 1]) == labels)))
+    result["vote"].append(float(np.mean(_vote_after(votes, mean_errors, np.full(len(labels), k)) == labels)))
   return result
 
 
@@ -53,27 +66,17 @@ def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_r
   the share of predictions equal to the full budget's, and accuracy; what `classify.adaptive='sequential'`
   would do with these draws (rounds of `draws_per_round`)."""
   n, _, k = errors.shape
+  votes, mean_errors = _running_totals(errors)
   checks = aggregate.num_checks(k, draws_per_round)
-  full = aggregate.vote_prediction(aggregate.votes_from_errors(errors), errors.mean(axis=2))
+  full = _vote_after(votes, mean_errors, np.full(n, k))
   result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "full_budget_draws": k}
   result.update({"mean_draws": [], "agreement": [], "accuracy": []})
   for delta in deltas:
     used = np.full(n, k)
-    open_ = np.ones(n, bool)
     for stop in range(draws_per_round, k, draws_per_round):
-      decided = open_ & aggregate.sequential_vote_decided(
-        aggregate.votes_from_errors(errors[:, :, :stop]), checks, delta
-      )
+      decided = (used == k) & aggregate.sequential_vote_decided(votes[:, :, stop - 1], checks, delta)
       used[decided] = stop
-      open_ &= ~decided
-    prediction = np.array(
-      [
-        aggregate.vote_prediction(
-          aggregate.votes_from_errors(errors[i : i + 1, :, : used[i]]), errors[i : i + 1, :, : used[i]].mean(axis=2)
-        )[0]
-        for i in range(n)
-      ]
-    )
+    prediction = _vote_after(votes, mean_errors, used)
     result["mean_draws"].append(float(used.mean()))
     result["agreement"].append(float(np.mean(prediction == full)))
     result["accuracy"].append(float(np.mean(prediction == labels)))
@@ -122,9 +125,7 @@ def sweep_split(config, workdir: str, split_name: str, output: str, max_examples
     "early_stop": early_stop_sweep(errors, labels, (0.001, 0.01, 0.05, 0.1), config.classify.draws_per_round),
   }
   os.makedirs(output, exist_ok=True)
-  tmp = os.path.join(output, "errors.tmp.npz")
-  np.savez(tmp, errors=errors, t=t, labels=labels)
-  os.replace(tmp, os.path.join(output, "errors.npz"))
+  write_npz_atomic(os.path.join(output, "errors.npz"), errors=errors, t=t, labels=labels)
   write_json_atomic(os.path.join(output, "sweep.json"), result)
   _plot(result, list(config.data.class_names), output)
   return result

@@ -44,3 +44,10 @@ def write_json_atomic(path: str, obj) -> None:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
   os.replace(tmp, path)
+
+
+def write_npz_atomic(path: str, **arrays) -> None:
+  """np.savez to a temporary file beside `path`, then a rename: readers never see half an archive."""
+  tmp = f"{path}.tmp{os.getpid()}.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
