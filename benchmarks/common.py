@@ -1,7 +1,8 @@
 """What the benchmarks share: run description, JSON output, timing, FLOP counts, peaks and memory.
 
 Nothing here starts JAX's backend at import time, so a benchmark can still set process-wide XLA flags
-(`medfusion.platform.configure_cpu`) before its first JAX operation.
+(`medfusion.runtime.configure_cpu`) before its first JAX operation. `main` is the driver both benchmarks run:
+one subprocess per `--cpu_ynnpack` setting on CPU, one in-process run elsewhere, the JSON saved after every result.
 """
 
 import datetime
@@ -20,12 +21,24 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 
-from medfusion import platform as medfusion_platform
+from medfusion import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 YNNPACK_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("dtypes", "float32,bfloat16", "Comma-separated compute dtypes.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats of each measurement (the median is reported).")
+flags.DEFINE_integer("matmul_repeats", 5, "Timed repeats of the matmul that measures the CPU peak.")
+flags.DEFINE_string("cpu_ynnpack", "default,off", "CPU only: comma-separated config.cpu_ynnpack settings to compare.")
+flags.DEFINE_string("out_dir", "", "Folder for the JSON file. Default: benchmarks/results.")
+flags.DEFINE_string("tag", "", "Appended to the JSON file's name, so runs of one day do not replace each other.")
+flags.DEFINE_string("note", "", "Free text stored in the JSON (for example, what else was running).")
+flags.DEFINE_string("child_ynnpack", "", "Internal: run as the subprocess for this cpu_ynnpack setting.")
+flags.DEFINE_string("child_output", "", "Internal: where that subprocess writes its records.")
 
 # Vendor dense (no sparsity) peaks in FLOP/s, matched against `device_kind` in this order (first match wins).
 # NVIDIA's datasheets quote tensor-core figures "with sparsity"; the dense figure is half of that.
@@ -187,10 +200,10 @@ def _json_default(value):
 
 def child_env(ynnpack: str) -> dict:
   """This process's environment with XLA_FLAGS set for one `config.cpu_ynnpack` value and nothing else changed."""
-  if ynnpack not in medfusion_platform.YNNPACK_FUSION_TYPES:
-    raise ValueError(f"--cpu_ynnpack value '{ynnpack}' is not one of {tuple(medfusion_platform.YNNPACK_FUSION_TYPES)}")
+  if ynnpack not in runtime.YNNPACK_FUSION_TYPES:
+    raise ValueError(f"--cpu_ynnpack value '{ynnpack}' is not one of {tuple(runtime.YNNPACK_FUSION_TYPES)}")
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(YNNPACK_FLAG)]
-  value = medfusion_platform.YNNPACK_FUSION_TYPES[ynnpack]
+  value = runtime.YNNPACK_FUSION_TYPES[ynnpack]
   if value is not None:
     flags.append(f"{YNNPACK_FLAG}={value}")
   env = dict(os.environ)
@@ -365,3 +378,68 @@ def peak_memory() -> dict:
       "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "scope": "since the process started (getrusage)",
     }
+
+
+# --- The driver ----------------------------------------------------------------------------------------------------
+
+
+def measure(ynnpack: str | None, models: list[str], throughput, emit) -> dict:
+  """`throughput(model, dtype, peaks)` for every model and dtype in this process; `emit(run)` after each result.
+  One failed configuration (say, out of memory) is recorded as an error and does not lose the rest."""
+  dtypes = parse_list(FLAGS.dtypes)
+  run = {
+    "cpu_ynnpack": ynnpack,
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "peaks": peaks(dtypes, FLAGS.matmul_repeats),
+    "results": [],
+  }
+  emit(run)
+  for name in models:
+    for dtype in dtypes:
+      try:
+        run["results"].append(throughput(name, dtype, run["peaks"]))
+      except Exception as e:  # noqa: BLE001
+        run["results"].append({"model": name, "dtype": dtype, "error": f"{type(e).__name__}: {e}"})
+      emit(run)
+  return run
+
+
+def main(name: str, argv, settings: dict, measure_fn, summary_fn, finish=None) -> None:
+  """Runs benchmark `name`: `measure_fn(ynnpack, emit)` once per --cpu_ynnpack setting in its own subprocess on CPU
+  (XLA flags are process-wide), in process elsewhere; writes benchmarks/results/<name>_<device>_<date>[_tag].json
+  after every result with `summary_fn(runs)` and `finish(payload)` applied."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  quiet_logging()
+  if FLAGS.child_ynnpack:  # a per-setting subprocess: XLA_FLAGS was set by the parent
+    runtime.configure_cpu(FLAGS.child_ynnpack)
+    measure_fn(FLAGS.child_ynnpack, lambda run: write_json(FLAGS.child_output, [run]))
+    return
+  settings = {**settings, **{n: FLAGS[n].value for n in ("dtypes", "repeats", "cpu_ynnpack", "tag")}}
+  payload = header(name, settings, FLAGS.note)
+  path = result_path(name, payload["device"]["device_kind"], FLAGS.out_dir, FLAGS.tag)
+  payload["runs"] = []
+
+  def save():
+    payload["summary"] = summary_fn(payload["runs"])
+    if finish is not None:
+      finish(payload)
+    write_json(path, payload)
+
+  if jax.default_backend() == "cpu":
+    child_argv = [a for a in sys.argv[1:] if not a.startswith("--child_")]
+    for ynnpack in parse_list(FLAGS.cpu_ynnpack):
+      payload["runs"].extend(run_child(f"benchmarks.{name}", ynnpack, child_argv))
+      save()
+  else:
+    payload["runs"].append({})
+
+    def emit(run):
+      payload["runs"][-1] = run
+      save()
+
+    measure_fn(None, emit)
+  payload["complete"] = True
+  save()
+  print(json.dumps(payload["summary"], indent=1))
+  print(f"wrote {path}", file=sys.stderr)

@@ -18,7 +18,6 @@ benchmarks/results/ (README.md there explains every field).
 
 import dataclasses
 import functools
-import json
 import os
 import sys
 import time
@@ -31,11 +30,11 @@ from ml_collections import config_flags
 
 from benchmarks import common
 from configs import default
-from medfusion import platform, sharding
-from medfusion import state as state_lib
+from medfusion import runtime, sharding
 from medfusion.classify import draws, kernel
 from medfusion.diffusion import schedules
 from medfusion.models.unet import UNet, UNetConfig
+from medfusion.training import state as state_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -43,26 +42,17 @@ flags.DEFINE_string(
   "",
   "Comma-separated presets: small, paper; 'none' (early stopping only). Default: small on CPU, small,paper.",
 )
-flags.DEFINE_string("dtypes", "float32,bfloat16", "Comma-separated compute dtypes (config.classify.dtype).")
 flags.DEFINE_integer("num_draws", 0, "K draws per image. 0: CPU small 8, paper 2; accelerator small 32, paper 8.")
 flags.DEFINE_integer("batch_size", 0, "B images per kernel call. 0: CPU small 16, paper 2; accelerator 64 / 16.")
 flags.DEFINE_integer("num_classes", 0, "C classes scored per image (synthetic). 0: the config's (2).")
 flags.DEFINE_integer("chunk_size", 0, "Model evaluations per lax.map step. 0: the config's (32).")
 flags.DEFINE_integer("loop_batch", 16, "Images per model call in the loop baseline (at most --batch_size).")
-flags.DEFINE_integer("repeats", 5, "Timed repeats of each measurement (the median is reported).")
-flags.DEFINE_integer("matmul_repeats", 5, "Timed repeats of the matmul that measures the CPU peak.")
-flags.DEFINE_string("cpu_ynnpack", "default,off", "CPU only: comma-separated config.cpu_ynnpack settings to compare.")
 flags.DEFINE_string("workdir", "", "Training workdir or exported model: adds the early-stopping figure.")
 config_flags.DEFINE_config_file("config", None, "With --workdir: the config the model was trained with.")
 flags.DEFINE_string("split", "val", "Split of the workdir config's dataset scored for the early-stopping figure.")
 flags.DEFINE_integer("early_stop_images", 128, "Images of --split scored for the early-stopping figure.")
 flags.DEFINE_integer("early_stop_draws", 0, "Full budget K of the early-stopping figure. 0: the workdir config's.")
 flags.DEFINE_integer("early_stop_batch_size", 0, "Images per kernel call there. 0: the workdir config's.")
-flags.DEFINE_string("out_dir", "", "Folder for the JSON file. Default: benchmarks/results.")
-flags.DEFINE_string("tag", "", "Appended to the JSON file's name, so runs of one day do not replace each other.")
-flags.DEFINE_string("note", "", "Free text stored in the JSON (for example, what else was running).")
-flags.DEFINE_string("child_ynnpack", "", "Internal: run as the subprocess for this cpu_ynnpack setting.")
-flags.DEFINE_string("child_output", "", "Internal: where that subprocess writes its records.")
 
 MODELS = ("small", "paper")
 # (num_draws, batch_size) when the flags are 0, by (platform is CPU, model).
@@ -200,11 +190,7 @@ def throughput(name: str, dtype: str, peaks: dict) -> dict:
   size, channels = config.data.image_size, config.data.num_channels
   print(f"[kernel] {name} {dtype}: B={b} K={k} C={c} image {size}x{size}x{channels}", file=sys.stderr, flush=True)
 
-  init = jax.jit(
-    lambda: state_lib.init_params(config, UNet(UNetConfig.from_config(config))),
-    compiler_options={"xla_backend_optimization_level": 0},  # runs once; compiles several times faster on CPU
-  )
-  params = init()
+  params = runtime.run_once(lambda: state_lib.init_params(config, UNet(UNetConfig.from_config(config))))
   # Perturb the zero-initialised output layers so the errors differ between classes (timing is unaffected).
   params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
   params = jax.device_put(params, sharding.replicated(mesh))
@@ -268,7 +254,7 @@ def throughput(name: str, dtype: str, peaks: dict) -> dict:
     "batch_size": b,
     "chunk_size": spec.chunk_size,
     "nfe_per_call": nfe,
-    "num_params": state_lib.count_params(params),
+    "num_params": sum(x.size for x in jax.tree.leaves(params)),
     "kernel": kernel_result,
     "loop": loop_result,
     "speedup_vs_loop": lt["median_s"] / t["median_s"],
@@ -284,7 +270,7 @@ def throughput(name: str, dtype: str, peaks: dict) -> dict:
 
 def early_stop(dtype: str) -> dict:
   """Sequential vote early stopping vs the loop at the full budget, on real images and trained EMA parameters."""
-  from medfusion import scoring
+  from medfusion import modeldir
   from medfusion.classify import aggregate, classifier
   from medfusion.data import pipeline
 
@@ -297,7 +283,8 @@ def early_stop(dtype: str) -> dict:
   config.classify.prune_stages = ()
   k, b, c = config.classify.num_draws, config.classify.batch_size, config.data.num_classes
   mesh = sharding.make_mesh()
-  params, step = scoring.load_ema_params(config, FLAGS.workdir)
+  model = modeldir.load_ema_params(config, FLAGS.workdir)
+  params, step = model.params, model.step
 
   split = pipeline.load_split(config.data, FLAGS.split)
   rows = list(pipeline.eval_batches(split, b, 0, FLAGS.early_stop_images))
@@ -373,26 +360,12 @@ def early_stop(dtype: str) -> dict:
 
 
 def measure(ynnpack: str | None, emit) -> None:
-  """Runs every requested (model, dtype) in this process; `emit(run)` is called after each result."""
-  dtypes = common.parse_list(FLAGS.dtypes)
+  """Every requested (model, dtype), then the early-stopping figure (once, under the first YNNPACK setting)."""
   default_models = "small" if jax.default_backend() == "cpu" else "small,paper"
   models = [m for m in common.parse_list(FLAGS.model or default_models) if m != "none"]
-  run = {
-    "cpu_ynnpack": ynnpack,
-    "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    "peaks": common.peaks(dtypes, FLAGS.matmul_repeats),
-    "results": [],
-  }
-  emit(run)
-  for name in models:
-    for dtype in dtypes:
-      try:
-        run["results"].append(throughput(name, dtype, run["peaks"]))
-      except Exception as e:  # noqa: BLE001 - one failed configuration (say, out of memory) must not lose the rest
-        run["results"].append({"model": name, "dtype": dtype, "error": f"{type(e).__name__}: {e}"})
-      emit(run)
+  run = common.measure(ynnpack, models, throughput, emit)
   if FLAGS.workdir and (ynnpack is None or ynnpack == common.parse_list(FLAGS.cpu_ynnpack)[0]):
-    run["early_stop"] = early_stop(dtypes[0])
+    run["early_stop"] = early_stop(common.parse_list(FLAGS.dtypes)[0])
     emit(run)
 
 
@@ -423,61 +396,14 @@ def summary(runs: list[dict]) -> list[dict]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  common.quiet_logging()
-  if FLAGS.child_ynnpack:  # a per-setting subprocess: XLA_FLAGS was set by the parent
-    platform.configure_cpu(FLAGS.child_ynnpack)
-    measure(FLAGS.child_ynnpack, lambda run: common.write_json(FLAGS.child_output, [run]))
-    return
+  names = ("model", "num_draws", "batch_size", "num_classes", "chunk_size", "loop_batch", "workdir", "split")
+  names += ("early_stop_images", "early_stop_draws", "early_stop_batch_size")
 
-  settings = {
-    name: FLAGS[name].value
-    for name in (
-      "model",
-      "dtypes",
-      "num_draws",
-      "batch_size",
-      "num_classes",
-      "chunk_size",
-      "loop_batch",
-      "repeats",
-      "cpu_ynnpack",
-      "tag",
-      "workdir",
-      "split",
-      "early_stop_images",
-      "early_stop_draws",
-      "early_stop_batch_size",
-    )
-  }
-  payload = common.header("kernel", settings, FLAGS.note)
-  path = common.result_path("kernel", payload["device"]["device_kind"], FLAGS.out_dir, FLAGS.tag)
-  payload["runs"] = []
-
-  def save():
-    payload["summary"] = summary(payload["runs"])
+  def finish(payload):
     stops = [r["early_stop"] for r in payload["runs"] if "early_stop" in r]
     payload["early_stop"] = stops[0] if stops else {"skipped": "no --workdir given: needs a trained model"}
-    common.write_json(path, payload)
 
-  if jax.default_backend() == "cpu":
-    child_argv = [a for a in sys.argv[1:] if not a.startswith("--child_")]
-    for ynnpack in common.parse_list(FLAGS.cpu_ynnpack):
-      payload["runs"].extend(common.run_child("benchmarks.kernel", ynnpack, child_argv))
-      save()
-  else:
-    payload["runs"].append({})
-
-    def emit(run):
-      payload["runs"][-1] = run
-      save()
-
-    measure(None, emit)
-  payload["complete"] = True
-  save()
-  print(json.dumps(payload["summary"], indent=1))
-  print(f"wrote {path}", file=sys.stderr)
+  common.main("kernel", argv, {n: FLAGS[n].value for n in names}, measure, summary, finish)
 
 
 if __name__ == "__main__":

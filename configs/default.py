@@ -1,7 +1,11 @@
 r"""Every medfusion setting with its default; experiment configs import this and change a few fields.
 
-`get_config(arg)` takes the string after the colon in `--config=configs/X.py:arg`, a comma-separated
-list of flags or key=value pairs parsed by `parse_arg` (for example `smoke` or `smoke,model=paper`).
+  python -m medfusion.train --config=configs/default.py --workdir=runs/default
+
+`get_config(arg)` takes the string after the colon in `--config=configs/X.py:arg`: a comma-separated list of
+flags and key=value pairs (`smoke`, `model=paper`, `smoke,model=paper`). A name it does not know is an error.
+`base_config()` holds what every trainer reads (data, training loop, checkpoints); `get_config` adds the
+diffusion model, its loss, the classifier and the evaluators.
 """
 
 import pathlib
@@ -10,6 +14,7 @@ import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BUNDLED_NPZ = str(REPO / "data" / "pneumoniamnist_28.npz")
+MODEL_PRESETS = ("small", "paper")
 
 
 def parse_arg(arg: str, **defaults):
@@ -27,9 +32,8 @@ def parse_arg(arg: str, **defaults):
   return parsed
 
 
-def get_config(arg: str = ""):
-  """The default config: PneumoniaMNIST, small UNet."""
-  del arg
+def base_config():
+  """Data, training loop and checkpoint settings, shared by the diffusion model and the ResNet baseline."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   # XLA:CPU's YNNPACK path for convolutions used ~1 of 2 cores on the reference CPU; "off" measured fastest
@@ -52,13 +56,43 @@ def get_config(arg: str = ""):
   config.data.eval_split = "val"
   config.data.on_bad_file = "stop"  # stop | skip (image folders)
 
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 2400
+  config.train.batch_size = 32
+  config.train.learning_rate = 5e-4
+  config.train.warmup_steps = 200
+  config.train.weight_decay = 1e-4
+  config.train.grad_clip = 1.0
+  config.train.log_every = 50
+  config.train.checkpoint_every = 500
+  config.train.checkpoint_minutes = 10.0  # also save when this long has passed since the last save
+  config.train.keep_checkpoints = 3
+  config.train.progress_bar = True
+  # The checkpoint kept in best/ (and scored by medfusion.score): the best value of this metric, as logged by
+  # one of the evaluators in config.evals, in this direction (min | max).
+  config.train.best_metric = "val/mean_auc"
+  config.train.best_mode = "max"
+
+  # Evaluators run during training: config.evals.<name> = {type, every, prefix, ...}; each logs its metrics
+  # under `prefix` every `every` steps and at the last step (medfusion/evaluation/evaluators.py lists the types).
+  config.evals = ml_collections.ConfigDict()
+  return config
+
+
+def get_config(arg: str = ""):
+  """The default diffusion config: PneumoniaMNIST, the small UNet; `arg` may hold smoke and model=small|paper."""
+  args = parse_arg(arg, smoke=False, model="small")
+  config = base_config()
+  config.train.ema_decay = 0.999
+
   config.model = ml_collections.ConfigDict()
-  # The "small" preset: 1.6 M parameters, ~25 train images/s on the 2-core reference CPU. `paper(config)` below
-  # is the paper-scale preset.
+  config.model.type = "unet"
+  # The "small" preset: 1.6 M parameters, ~25 train images/s on the 2-core reference CPU; `model=paper` selects
+  # the paper-scale preset (`paper` below).
   config.model.channels = 32
   config.model.channel_mult = (1, 2, 2)
   config.model.num_res_blocks = 2
-  config.model.attention_resolutions = (8,)
+  config.model.attention_resolutions = (8,)  # self-attention at levels of this height; must match a level
   config.model.dropout = 0.1
   config.model.norm_groups = 8
   config.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; parameters stay float32)
@@ -73,28 +107,7 @@ def get_config(arg: str = ""):
   config.diffusion.min_snr_gamma = 5.0
   config.diffusion.label_dropout = 0.1  # probability of training on the null class
 
-  config.train = ml_collections.ConfigDict()
-  config.train.steps = 2400
-  config.train.batch_size = 32
-  config.train.learning_rate = 5e-4
-  config.train.warmup_steps = 200
-  config.train.weight_decay = 1e-4
-  config.train.grad_clip = 1.0
-  config.train.ema_decay = 0.999
-  config.train.log_every = 50
-  config.train.checkpoint_every = 500
-  config.train.keep_checkpoints = 3
-  config.train.eval_every = 250
-  config.train.progress_bar = True
-
-  # Validation during training; the best checkpoint is kept by `best_metric`.
-  config.eval = ml_collections.ConfigDict()
-  config.eval.batch_size = 128
-  config.eval.num_examples = 256  # first N images of the eval split (fixed, so metrics are comparable)
-  config.eval.best_metric = "val/loss"
-  config.eval.best_mode = "min"  # min | max
-
-  # The diffusion classifier (medfusion.score and the classify evaluator).
+  # The diffusion classifier (medfusion.score, medfusion.sweep and the diffusion_classifier evaluator).
   config.classify = ml_collections.ConfigDict()
   config.classify.num_draws = 32  # K (timestep, noise) draws per image, shared by all classes
   config.classify.timesteps = "stratified"  # stratified | uniform
@@ -108,13 +121,37 @@ def get_config(arg: str = ""):
   config.classify.draws_per_round = 4
   config.classify.delta = 0.01  # sequential early stopping: error level of the vote-share bound
   config.classify.prune_stages = ()  # ((draws, classes_kept), ...) staged class pruning
-  config.classify.temperature = 1.0  # overridden by the fitted value stored beside the checkpoint
+  # softmax(-mean error / T) for the probabilities. None: the T fitted on the eval split for this checkpoint and
+  # these classify settings (medfusion.score fits and stores it); a number here always wins.
+  config.classify.temperature = ml_collections.config_dict.placeholder(float)
+
+  # Validation loss of the EMA model on fixed draws of the first `num_examples` eval images.
+  config.evals.loss = ml_collections.ConfigDict(
+    {"type": "denoising_loss", "every": 250, "prefix": "val/", "num_examples": 256, "batch_size": 128}
+  )
+  # The diffusion classifier (config.classify, at the full budget of `num_draws` draws) on the first
+  # `num_examples` eval images: val/vote_accuracy, val/mean_auc, ...; ~40 s per run on the 2-core CPU.
+  config.evals.classify = ml_collections.ConfigDict(
+    {"type": "diffusion_classifier", "every": 500, "prefix": "val/", "num_examples": 128, "num_draws": 8}
+  )
+  return apply_args(config, args)
+
+
+def apply_args(config, args):
+  """The `model=` preset, then `smoke` (which shrinks whatever preset to a tiny model)."""
+  if args.model not in MODEL_PRESETS:
+    raise ValueError(f"config argument model='{args.model}' is not one of {MODEL_PRESETS}")
+  if args.model == "paper":
+    paper(config)
+  if args.smoke:
+    smoke(config)
   return config
 
 
 def paper(config):
   """Paper-scale UNet (Favero et al. 2025 scale): 256x256 input, widths 256/512/768, attention at 8x8."""
   config.data.image_size = 256
+  config.data.fit = "resize"
   config.model.channels = 256
   config.model.channel_mult = (1, 1, 2, 2, 3, 3)
   config.model.num_res_blocks = 2
@@ -126,21 +163,21 @@ def paper(config):
 
 
 def smoke(config):
-  """Shrinks a config to a tiny model and a few steps (< 3 minutes on 2 CPU cores)."""
+  """Shrinks a diffusion config to a tiny model and a few steps (about a minute on 2 CPU cores)."""
   config.model.channels = 16
   config.model.channel_mult = (1, 2)
   config.model.num_res_blocks = 1
   config.model.attention_resolutions = (16,)
   config.model.norm_groups = 4
   config.model.dropout = 0.0
-  config.train.steps = 30
+  config.data.image_size = 32
+  config.train.steps = 10
   config.train.batch_size = 16
-  config.train.warmup_steps = 5
-  config.train.log_every = 10
-  config.train.checkpoint_every = 10
-  config.train.eval_every = 15
-  config.eval.batch_size = 32
-  config.eval.num_examples = 32
+  config.train.warmup_steps = 2
+  config.train.log_every = 5
+  config.train.checkpoint_every = 5
+  config.evals.loss.update(every=5, num_examples=32, batch_size=32)
+  config.evals.classify.update(every=10, num_examples=16, num_draws=2)
   config.classify.num_draws = 8
   config.classify.batch_size = 16
   config.classify.chunk_size = 64

@@ -2,14 +2,15 @@ r"""PneumoniaMNIST (the bundled 28x28 file, train and val splits), padded to 32x
 
   python -m medfusion.train --config=configs/pneumoniamnist.py --workdir=runs/pneumonia
 
-`--config=configs/pneumoniamnist.py:smoke` trains a tiny model for a few steps.
+`:smoke` trains a tiny model for a few steps; `:model=paper` selects the paper-scale UNet.
 """
 
 from configs import default
 
 
 def get_config(arg: str = ""):
-  """PneumoniaMNIST at 32x32; `arg` may be 'smoke'."""
+  """PneumoniaMNIST at 32x32; `arg` may hold smoke and model=small|paper."""
+  args = default.parse_arg(arg, smoke=False, model="small")
   config = default.get_config()
   config.data.source = "npz"
   config.data.npz = default.BUNDLED_NPZ
@@ -26,6 +27,4 @@ def get_config(arg: str = ""):
   config.model.dropout = 0.0
   # Accuracy still grew from 32 to 64 draws on the validation split (docs/pneumoniamnist.md).
   config.classify.num_draws = 64
-  if default.parse_arg(arg, smoke=False).smoke:
-    default.smoke(config)
-  return config
+  return default.apply_args(config, args)

@@ -4,14 +4,15 @@ A task with a known answer for checking classification and explanations end to e
 
   python -m medfusion.train --config=configs/synthetic_lesions.py --workdir=runs/lesions
 
-`--config=configs/synthetic_lesions.py:smoke` trains a tiny model for a few steps on the small 'smoke' build.
+`:smoke` trains a tiny model for a few steps on the small 'smoke' build of the data.
 """
 
 from configs import default
 
 
 def get_config(arg: str = ""):
-  """Synthetic lesions at 32x32; `arg` may be 'smoke'."""
+  """Synthetic lesions at 32x32; `arg` may hold smoke and model=small|paper."""
+  args = default.parse_arg(arg, smoke=False, model="small")
   config = default.get_config()
   config.data.source = "synthetic_lesions"
   config.data.class_names = ("healthy", "lesion")
@@ -24,7 +25,6 @@ def get_config(arg: str = ""):
   # model: ~0.5 at t > 0.75 and t < 0.1, up to 0.84 at t ~ 0.4), so they only add noise to the vote.
   config.classify.t_min = 0.2
   config.classify.t_max = 0.6
-  if default.parse_arg(arg, smoke=False).smoke:
-    default.smoke(config)
+  if args.smoke:
     config.data.synthetic_config = "smoke"
-  return config
+  return default.apply_args(config, args)

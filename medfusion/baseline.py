@@ -5,29 +5,22 @@ r"""Trains the discriminative baseline (a ResNet with cross-entropy) on the diff
 Relaunching with the same workdir resumes from its newest checkpoint; the finished run writes metrics_val.json.
 """
 
-import jax
 from absl import flags
-from ml_collections import config_flags
 
 from medfusion import cli
-from medfusion.errors import UserError
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).", lock_config=True)
+cli.define_config_flag("Experiment config file (configs/X_resnet.py[:arg]).")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host TPU pods, SLURM).")
 flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup(FLAGS.config)
-  if FLAGS.distributed:
-    jax.distributed.initialize()
-  from medfusion import baseline_trainer
+  config = cli.start(argv, distributed=FLAGS.distributed)
+  from medfusion.training import resnet
 
-  baseline_trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  resnet.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -106,19 +106,22 @@ def _check_shapes(stored, abstract_state, where: str) -> None:
       )
 
 
-def restore_for_inference(workdir: str, abstract_state, which: str = "best"):
-  """(state, meta, step) from `workdir/best` (falling back to the latest) for scoring and explaining."""
-  for sub in ("best", "checkpoints") if which == "best" else ("checkpoints",):
+def restore_for_inference(workdir: str, abstract_state):
+  """(state, step, which) of `workdir/best`, else of the newest in `workdir/checkpoints`, for scoring and
+  explaining; `which` says which one was used and why ('best', 'latest: best/ is empty', ...)."""
+  reason = "no best/ folder"
+  for sub in ("best", "checkpoints"):
     directory = os.path.join(os.path.abspath(workdir), sub)
     if not os.path.isdir(directory):
       continue
     manager = _manager(directory, read_only=True)
     step = manager.latest_step()
     if step is not None:
-      state, meta = restore(manager, step, abstract_state)
+      state, _ = restore(manager, step, abstract_state)
       manager.close()
-      return state, meta, step
+      return state, step, "best" if sub == "best" else f"latest: {reason}"
     manager.close()
+    reason = "best/ is empty"
   raise CheckpointError(f"workdir {workdir} has no checkpoint (looked in best/ and checkpoints/)")
 
 

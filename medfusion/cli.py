@@ -1,14 +1,20 @@
-"""What every entry point shares: logging, runtime settings, and one-line errors for user mistakes."""
+"""What every entry point shares: the --config flag, logging, runtime settings, and one-line errors."""
 
 import logging
 import re
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
-from medfusion import errors, platform
+from medfusion import errors, runtime
 
 USER_ERRORS = (errors.UserError, OSError, FloatingPointError)
+
+
+def define_config_flag(help_text: str) -> None:
+  """--config=configs/X.py[:arg] with --config.field=value overrides; a misspelt field is an error."""
+  config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
 
 
 def setup(config) -> None:
@@ -16,13 +22,30 @@ def setup(config) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):  # library chatter, incl. tfds and orbax via absl
     logging.getLogger(noisy).setLevel(logging.ERROR)
-  platform.configure_cpu(config.cpu_ynnpack)
+  runtime.configure_cpu(config.cpu_ynnpack)
 
 
-def fail(message: str) -> None:
-  """Prints `error: message` as one line on stderr and exits with status 2."""
+def start(argv, distributed: bool = False):
+  """The common start of a command: no stray arguments, logging and XLA settings, the config checked before any
+  heavy work, `jax.distributed` where asked. Returns the config."""
+  if len(argv) > 1:
+    raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = flags.FLAGS.config
+  setup(config)
+  from medfusion import configcheck
+
+  configcheck.check(config)
+  if distributed:
+    import jax
+
+    jax.distributed.initialize()
+  return config
+
+
+def fail(message: str, status: int = 2) -> None:
+  """Prints `error: message` as one line on stderr and exits with `status`."""
   print("error: " + re.sub(r"\s+", " ", message).strip(), file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def _parse_flags(argv):
@@ -40,12 +63,17 @@ def _parse_flags(argv):
 
 
 def run(main) -> None:
-  """absl's app.run, with user errors (bad flags, config, data, checkpoint) reported in one line, status 2."""
+  """absl's app.run, with user errors (bad flags, config, data, checkpoint) reported in one line, status 2, and
+  interrupts in one line, status 130."""
 
   def guarded(argv):
     try:
       main(argv)
     except USER_ERRORS as e:  # config_flags raises a config file's load error (OSError) at first access
       fail(str(e))
+    except errors.Interrupted as e:
+      fail(f"interrupted: {e}", 130)
+    except KeyboardInterrupt:
+      fail("interrupted", 130)
 
   app.run(guarded, flags_parser=_parse_flags)

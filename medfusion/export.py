@@ -3,29 +3,26 @@ r"""Exports a workdir's best EMA parameters (no optimizer state), calibration an
   python -m medfusion.export --config=configs/pneumoniamnist.py --workdir=runs/pneumonia \
       --output=pretrained/pneumoniamnist
 
-The output folder works as `--workdir` for medfusion.score.
+The output folder (with a SHA-256 manifest of its parameter files, checked at load) works as `--workdir` for
+medfusion.score and medfusion.sweep.
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from medfusion import cli
-from medfusion.errors import UserError
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The config the model was trained with.", lock_config=True)
+cli.define_config_flag("The config the model was trained with.")
 flags.DEFINE_string("workdir", None, "Training workdir.")
 flags.DEFINE_string("output", None, "Folder for the exported model.")
 flags.mark_flags_as_required(["config", "workdir", "output"])
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup(FLAGS.config)
-  from medfusion import scoring
+  config = cli.start(argv)
+  from medfusion import modeldir
 
-  step = scoring.export(FLAGS.config, FLAGS.workdir, FLAGS.output)
+  step = modeldir.export(config, FLAGS.workdir, FLAGS.output)
   print(f"exported step {step} of {FLAGS.workdir} to {FLAGS.output}")
 
 

@@ -12,6 +12,18 @@ from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 
 _MARGIN_EPS = 1e-12
+# The keys of `classification_metrics`.
+CLASSIFICATION_METRICS = (
+  "accuracy",
+  "balanced_accuracy",
+  "auc",
+  "f1",
+  "precision",
+  "recall",
+  "specificity",
+  "ece",
+  "aurc",
+)
 
 
 def _labels_and_scores(labels: ArrayLike, scores: ArrayLike, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:

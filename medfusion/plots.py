@@ -85,17 +85,19 @@ def save_line_plot_png(
     xlabel: x-axis label.
     ylabel: y-axis label.
     title: the plot title.
-    logx: whether the x axis is logarithmic.
+    logx: whether the x axis is logarithmic; its ticks are then labelled with the x values themselves.
   """
   x = np.asarray(x)
   figure, axes = _new_axes(xlabel, ylabel, title)
   for name, y in ys.items():
-    y = np.asarray(y)
+    y = np.asarray(y, dtype=np.float64)  # None (no data) becomes NaN: a gap in the line
     if y.shape != x.shape:
       raise ValueError(f"ys['{name}'] must have shape {x.shape} to match x, got {y.shape}")
     axes.plot(x, y, marker="o", markersize=3, label=name)
   if logx:
     axes.set_xscale("log")
+    axes.set_xticks(x, [f"{v:g}" for v in x])
+    axes.minorticks_off()
   if ys:
     axes.legend()
   _save_atomically(figure, path)

@@ -10,24 +10,18 @@ source has them), exactly what medfusion.data.pipeline.load_split returns. Any c
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
-from medfusion import cli, configcheck
-from medfusion.errors import UserError
+from medfusion import cli
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/X.py[:arg]).", lock_config=True)
+cli.define_config_flag("Experiment config file (configs/X.py[:arg]).")
 flags.DEFINE_string("output", None, "Folder for the <split>.npz files.")
 flags.DEFINE_list("splits", None, "Splits to write (default: the config's train and eval splits).")
 flags.mark_flags_as_required(["config", "output"])
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = FLAGS.config
-  cli.setup(config)
-  configcheck.check(config)
+  config = cli.start(argv)
   from medfusion.data import pipeline
   from medfusion.writers import write_npz_atomic
 

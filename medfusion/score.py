@@ -10,28 +10,23 @@ any MedMNIST-layout file (e.g. the full download, whose test split is not bundle
 import json
 
 from absl import flags
-from ml_collections import config_flags
 
-from medfusion import cli, configcheck
-from medfusion.errors import UserError
+from medfusion import cli
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The config the model was trained with.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is used) or a shipped model folder.")
+cli.define_config_flag("The config the model was trained with.")
+flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is used) or an exported model folder.")
 flags.DEFINE_string("split", "val", "Split to score (train, val, test).")
 flags.DEFINE_string("output", None, "Output folder.")
 flags.DEFINE_integer("max_examples", 0, "Score only the first N images (0: all).")
 flags.mark_flags_as_required(["config", "workdir", "output"])
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup(FLAGS.config)
-  configcheck.check(FLAGS.config)  # before the heavy imports, so a bad field fails at once
-  from medfusion import scoring
+  config = cli.start(argv)
+  from medfusion.evaluation import split_scoring
 
-  result = scoring.score_split(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)
+  result = split_scoring.score_split(config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)
   summary = {k: {m: round(result[k][m], 4) for m in ("accuracy", "auc", "ece")} for k in ("vote", "mean")}
   print(json.dumps({"n": result["n"], "nfe_per_image": result["nfe_per_image"], **summary}))
 

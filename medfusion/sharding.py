@@ -38,3 +38,8 @@ def shared_to_global(mesh: Mesh, batch):
   p, n = jax.process_index(), jax.process_count()
   rows = len(jax.tree.leaves(batch)[0]) // n
   return to_global(mesh, jax.tree.map(lambda a: np.asarray(a)[p * rows : (p + 1) * rows], batch))
+
+
+def abstract(fn, sharding):
+  """Shapes and dtypes of `fn()`'s pytree with `sharding` on every leaf, without computing it (for restores)."""
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), jax.eval_shape(fn))

@@ -13,28 +13,23 @@ import json
 
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 
-from medfusion import cli, configcheck
-from medfusion.errors import UserError
+from medfusion import cli
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "The config the model was trained with.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is used) or a shipped model folder.")
+cli.define_config_flag("The config the model was trained with.")
+flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is used) or an exported model folder.")
 flags.DEFINE_string("split", "val", "Split to evaluate.")
 flags.DEFINE_string("output", None, "Output folder.")
 flags.DEFINE_integer("max_examples", 0, "Only the first N images (0: all).")
 flags.mark_flags_as_required(["config", "workdir", "output"])
+FLAGS = flags.FLAGS
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  cli.setup(FLAGS.config)
-  configcheck.check(FLAGS.config)
-  from medfusion import sweeps
+  config = cli.start(argv)
+  from medfusion.evaluation import draw_analysis
 
-  result = sweeps.sweep_split(FLAGS.config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)
+  result = draw_analysis.sweep_split(config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)
   sweep = result["k_sweep"]
   print(
     json.dumps(

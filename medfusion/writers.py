@@ -9,9 +9,13 @@ import numpy as np
 
 
 class MetricWriter:
-  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`."""
+  """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events under `workdir/tensorboard`.
 
-  def __init__(self, workdir: str):
+  A run resumed at `resume_step` first drops the lines a killed run logged after that step, so every step
+  appears once in metrics.jsonl.
+  """
+
+  def __init__(self, workdir: str, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     self._tb = None
     self._jsonl = None
@@ -19,8 +23,12 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
 
       os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_lines_after(path, resume_step)
+      self._tb = SummaryWriter(
+        os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+      )
+      self._jsonl = open(path, "a")
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -35,6 +43,24 @@ class MetricWriter:
     if self.enabled:
       self._tb.close()
       self._jsonl.close()
+
+
+def _drop_lines_after(path: str, step: int) -> None:
+  """Keeps the complete lines of metrics.jsonl with step <= `step` (rewritten atomically)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      except (ValueError, KeyError):  # a line torn by a kill
+        continue
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -15,9 +15,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # The same XLA:CPU settings as the command-line tools (which apply config.cpu_ynnpack), so that results computed
 # in the test process and in the subprocesses it starts are bit-identical. Set before JAX starts its backend.
 from configs import default  # noqa: E402
-from medfusion import platform  # noqa: E402
+from medfusion import runtime  # noqa: E402
 
-platform.configure_cpu(default.get_config().cpu_ynnpack)
+runtime.configure_cpu(default.get_config().cpu_ynnpack)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def run_python(args, env_extra=None, timeout=600, check=True):
 def lesion_model(tmp_path_factory, tfds_dir):
   """(config, workdir) of the smoke UNet (without attention) trained for 450 steps on synthetic_lesions:smoke."""
   from configs import synthetic_lesions
-  from medfusion import trainer
+  from medfusion.training import diffusion
 
   workdir = str(tmp_path_factory.mktemp("lesions"))
   config = synthetic_lesions.get_config("smoke")
@@ -52,7 +52,8 @@ def lesion_model(tmp_path_factory, tfds_dir):
   config.train.steps = 450
   config.train.learning_rate = 2e-3
   config.train.progress_bar = False
-  config.train.eval_every = 450
+  config.evals.loss.every = 450
+  config.evals.classify.every = 450
   config.train.checkpoint_every = 450
-  trainer.train_and_evaluate(config, workdir)
+  diffusion.train_and_evaluate(config, workdir)
   return config, workdir

@@ -7,15 +7,16 @@ import jax
 import numpy as np
 from train_losses_script import tiny_config
 
-from medfusion import state as state_lib
+from medfusion import runtime
 from medfusion.classify import classifier
+from medfusion.training import state as state_lib
 
 
 def errors() -> dict:
   config = tiny_config("")
   config.classify.batch_size = 8
   model = state_lib.make_model(config)
-  params = state_lib.jit_init_state(config, model, state_lib.make_optimizer(config.train), None).params
+  params = runtime.run_once(lambda: state_lib.init_params(config, model))
   rng = np.random.default_rng(3)  # host-side noise: jax.random per leaf would compile for ~25 s
   params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape, np.float32), params)
   images = np.random.default_rng(4).uniform(-1, 1, (8, 32, 32, 1)).astype(np.float32)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from medfusion import sharding
-from medfusion import state as state_lib
-from medfusion.classify import classifier, draws, kernel
+from medfusion import runtime
+from medfusion.classify import aggregate, classifier, draws, kernel
 from medfusion.diffusion import schedules
+from medfusion.training import state as state_lib
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def setup():
   config.classify.batch_size = 4
   config.classify.chunk_size = 12  # does not divide B*C*K: exercises the padded last chunk
   model = state_lib.make_model(config)
-  params = state_lib.jit_init_state(config, model, state_lib.make_optimizer(config.train), None).params
+  params = runtime.run_once(lambda: state_lib.init_params(config, model))
   # Perturb the zero-initialised output layers so the classes differ.
   rng = np.random.default_rng(3)  # host-side noise: jax.random per leaf would compile for ~25 s
   params = jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape, np.float32), params)
@@ -74,8 +74,6 @@ def test_adaptive_exact_matches_full_budget(setup):
   config.classify.adaptive = "exact"
   config.classify.draws_per_round = 2
   adaptive = classifier.DiffusionClassifier(config, params).score(images, indices)
-  from medfusion.classify import aggregate
-
   np.testing.assert_array_equal(
     aggregate.vote_prediction(adaptive.votes, adaptive.mean_errors),
     aggregate.vote_prediction(full.votes, full.mean_errors),
@@ -92,5 +90,46 @@ def test_nan_image_is_rejected(setup):
     classifier.DiffusionClassifier(config, params).score(bad, np.array([3, 4, 5, 6]))
 
 
-def test_mesh_is_one_device_here():
-  assert sharding.make_mesh().devices.size == jax.device_count()
+def test_sequential_stopping_through_the_classifier(setup):
+  """Each image's tally is that of the first `draws` draws of the full error tensor, and it stopped at the first
+  look where the rule said so (delta = 0.5 makes unanimous images stop after 4 of 8 draws)."""
+  config, _, params, images = setup
+  config = config.copy_and_resolve_references()
+  config.classify.update(adaptive="sequential", draws_per_round=2, delta=0.5)
+  indices = np.array([7, 0, 3, 11])
+  clf = classifier.DiffusionClassifier(config, params)
+  finished = []
+  tally = clf.score(images, indices, progress=finished.append)
+  assert sum(finished) == 4
+  errors = clf.draw_errors(images, indices)
+  k, r = config.classify.num_draws, config.classify.draws_per_round
+  checks = aggregate.num_checks(k, r)
+  assert tally.draws.min() < k  # the rule stopped some image early
+  for i, used in enumerate(tally.draws):
+    votes = aggregate.votes_from_errors(errors[i : i + 1, :, :used])
+    np.testing.assert_array_equal(tally.votes[i], votes[0])
+    np.testing.assert_allclose(tally.mean_errors[i], errors[i, :, :used].mean(axis=1), rtol=1e-6)
+    for look in range(r, used + 1, r):
+      at = aggregate.votes_from_errors(errors[i : i + 1, :, :look])
+      stop = aggregate.decided(at, np.array([k - look]), "sequential", checks, 0.5)[0]
+      assert stop == (look == used), (i, look, used)
+
+
+def test_class_pruning_through_the_classifier(setup):
+  """Stage 1 scores both classes on draws 0-3, stage 2 only the better one on draws 4-7."""
+  config, _, params, images = setup
+  config = config.copy_and_resolve_references()
+  config.classify.prune_stages = ((4, 1), (4, 1))  # 4 draws on both classes, keep 1; 4 more on it
+  indices = np.arange(4)
+  tally = classifier.DiffusionClassifier(config, params).score(images, indices)
+  errors = classifier.DiffusionClassifier(config, params).draw_errors(images, indices)
+  assert (tally.nfe == 4 * 2 + 4 * 1).all()
+  kept = np.argmin(errors[:, :, :4].mean(axis=2), axis=1)
+  for i in range(4):
+    dropped = 1 - kept[i]
+    np.testing.assert_allclose(tally.mean_errors[i, kept[i]], errors[i, kept[i]].mean(), rtol=1e-6)
+    np.testing.assert_allclose(tally.mean_errors[i, dropped], errors[i, dropped, :4].mean(), rtol=1e-6)
+    assert (
+      tally.votes[i].sum() == 8
+      and tally.votes[i, dropped] == aggregate.votes_from_errors(errors[i : i + 1, :, :4])[0, dropped]
+    )

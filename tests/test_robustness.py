@@ -16,10 +16,12 @@ import pytest
 import train_losses_script
 from conftest import ROOT, run_python
 
-from medfusion import checkpoint, scoring, sharding, trainer
-from medfusion import state as state_lib
+from medfusion import checkpoint, modeldir, sharding
 from medfusion.classify import kernel
 from medfusion.diffusion import schedules
+from medfusion.evaluation import split_scoring
+from medfusion.training import diffusion
+from medfusion.training import state as state_lib
 
 
 def assert_one_line_error(proc, *fragments):
@@ -113,11 +115,12 @@ def _restore(config, workdir):
 
 def test_killed_and_resumed_training_is_bit_identical(tmp_path, tfds_dir):
   """Killed three times (SIGKILL, possibly mid-save; SIGTERM; SIGKILL); the end state equals an uninterrupted run."""
-  overrides = {"steps": 20, "checkpoint_every": 3, "log_every": 1, "eval_every": 10, "progress_bar": False}
+  overrides = {"steps": 20, "checkpoint_every": 3, "log_every": 1, "progress_bar": False}
   config = train_losses_script.tiny_config(tfds_dir)
   config.train.update(overrides)
+  config.evals.loss.every = config.evals.classify.every = 10
   reference = str(tmp_path / "reference")
-  trainer.train_and_evaluate(config, reference)
+  diffusion.train_and_evaluate(config, reference)
 
   workdir = str(tmp_path / "interrupted")
   args = [
@@ -130,6 +133,8 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tfds_dir):
     "--config.model.channel_mult=(1,)",
     "--config.model.attention_resolutions=()",
     *[f"--config.train.{k}={v}" for k, v in overrides.items()],
+    "--config.evals.loss.every=10",
+    "--config.evals.classify.every=10",
   ]
   for kill_after, sig in ((4, signal.SIGKILL), (9, signal.SIGTERM), (14, signal.SIGKILL)):
     proc = _start(args)
@@ -156,10 +161,10 @@ def test_second_sigterm_exits_at_once():
   """The first SIGTERM only asks the loop to checkpoint and stop; a second one ends the process on the spot."""
   script = """
 import os, signal, time
-from medfusion.trainer import Preemption
-preemption = Preemption()
+from medfusion.training.loop import Interrupts
+interrupts = Interrupts()
 os.kill(os.getpid(), signal.SIGTERM)
-print("after first:", preemption.requested, flush=True)
+print("after first:", interrupts.requested, flush=True)
 os.kill(os.getpid(), signal.SIGTERM)
 time.sleep(30)
 print("still running", flush=True)
@@ -174,7 +179,7 @@ def test_scoring_killed_at_random_moments_loses_nothing(tmp_path, tfds_dir, lesi
   config = config.copy_and_resolve_references()
   config.classify.batch_size = 4
   reference = str(tmp_path / "reference")
-  scoring.score_split(config, workdir, "val", reference)
+  split_scoring.score_split(config, workdir, "val", reference)
 
   output = str(tmp_path / "killed")
   args = [
@@ -230,8 +235,9 @@ def test_shipped_model_scores_alike_in_bfloat16_and_float32(tfds_dir):
   split = pipeline.load_split(config.data, "val")
   images = split.images.astype(np.float32) / 127.5 - 1.0
   indices = np.arange(len(images), dtype=np.int32)
-  params, step = scoring.load_ema_params(config, os.path.join(ROOT, "pretrained", "pneumoniamnist"))
-  assert step == 3400 and len(images) == 524
+  model = modeldir.load_ema_params(config, os.path.join(ROOT, "pretrained", "pneumoniamnist"))
+  params = model.params
+  assert model.step == 3400 and len(images) == 524
   predictions = {}
   for dtype in ("float32", "bfloat16"):
     config.classify.dtype = dtype

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from conftest import run_python
 
-from medfusion import scoring
+from medfusion import modeldir
+from medfusion.evaluation import split_scoring
 
 
 @pytest.fixture(scope="module")
 def scored(lesion_model, tmp_path_factory):
   config, workdir = lesion_model
   output = str(tmp_path_factory.mktemp("scores"))
-  return config, workdir, output, scoring.score_split(config, workdir, "val", output)
+  return config, workdir, output, split_scoring.score_split(config, workdir, "val", output)
 
 
 def read_csv(path):
@@ -58,7 +59,7 @@ def test_outputs(scored):
     }
   assert metrics["nfe_per_image"] == k * c
   assert os.path.getsize(os.path.join(output, "risk_coverage.png")) > 1000
-  assert os.path.exists(os.path.join(workdir, scoring.CALIBRATION_FILE))
+  assert os.path.exists(os.path.join(workdir, modeldir.CALIBRATION_FILE))
   assert not any(name.startswith("scores.partial") for name in os.listdir(output))
 
 
@@ -67,21 +68,21 @@ def test_interrupted_scoring_resumes_without_duplicates(scored, tmp_path, monkey
   config = config.copy_and_resolve_references()
   config.classify.batch_size = 4  # blocks of 16 images: the crash lands after 2 of 4 blocks
   resumed_dir = str(tmp_path / "resumed")
-  append = scoring.PartialScores.append
+  append = split_scoring.PartialScores.append
   calls = []
 
-  def crash_after_two_blocks(self, rows):
+  def crash_after_two_blocks(self, totals):
     if len(calls) == 2:
       raise KeyboardInterrupt
-    calls.append(len(rows))
-    append(self, rows)
+    calls.append(len(totals.index))
+    append(self, totals)
 
-  monkeypatch.setattr(scoring.PartialScores, "append", crash_after_two_blocks)
+  monkeypatch.setattr(split_scoring.PartialScores, "append", crash_after_two_blocks)
   with pytest.raises(KeyboardInterrupt):
-    scoring.score_split(config, workdir, "val", resumed_dir)
+    split_scoring.score_split(config, workdir, "val", resumed_dir)
   assert len(read_csv(os.path.join(resumed_dir, "scores.partial.csv"))) == 32
-  monkeypatch.setattr(scoring.PartialScores, "append", append)
-  scoring.score_split(config, workdir, "val", resumed_dir)
+  monkeypatch.setattr(split_scoring.PartialScores, "append", append)
+  split_scoring.score_split(config, workdir, "val", resumed_dir)
   # Each image once, with the uninterrupted run's scores (which used another batch size: scores depend on it only
   # through float rounding; test_robustness checks bit-identical resumes with the same arguments).
   resumed, reference = read_csv(os.path.join(resumed_dir, "scores.csv")), read_csv(os.path.join(output, "scores.csv"))
@@ -103,10 +104,10 @@ def test_errors_same_on_one_and_eight_devices():
 
 
 def test_sweep_reuses_the_scoring_draws(scored, tmp_path):
-  from medfusion import sweeps
+  from medfusion.evaluation import draw_analysis
 
   config, workdir, output, result = scored
-  sweep = sweeps.sweep_split(config, workdir, "val", str(tmp_path))
+  sweep = draw_analysis.sweep_split(config, workdir, "val", str(tmp_path))
   rows = read_csv(os.path.join(output, "scores.csv"))
   errors = np.load(tmp_path / "errors.npz")["errors"]
   assert errors.shape == (64, 2, config.classify.num_draws)
@@ -127,11 +128,29 @@ def test_export_ships_the_best_ema_parameters(scored, tmp_path):
   import jax
 
   config, workdir, _, _ = scored
-  step = scoring.export(config, workdir, str(tmp_path))
-  assert sorted(os.listdir(tmp_path)) == ["calibration.json", "config.json", "export.json", "params"]
-  original, original_step = scoring.load_ema_params(config, workdir)
-  shipped, shipped_step = scoring.load_ema_params(config, str(tmp_path))
-  assert step == original_step == shipped_step
-  for a, b in zip(jax.tree.leaves(original), jax.tree.leaves(shipped), strict=True):
+  step = modeldir.export(config, workdir, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["calibration.json", "config.json", "export.json", "manifest.json", "params"]
+  original, shipped = modeldir.load_ema_params(config, workdir), modeldir.load_ema_params(config, str(tmp_path))
+  assert step == original.step == shipped.step
+  for a, b in zip(jax.tree.leaves(original.params), jax.tree.leaves(shipped.params), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert scoring.temperature_for(config, str(tmp_path), step) == scoring.temperature_for(config, workdir, step)
+  key = modeldir.calibration_key(config, step)
+  assert modeldir.stored_temperature(str(tmp_path), key) == modeldir.stored_temperature(workdir, key) is not None
+
+
+def test_classifier_evaluator_reports_what_scoring_reports(scored):
+  """The evaluator run during training goes through the same driver, kernel and aggregators as medfusion.score."""
+  from medfusion import sharding
+  from medfusion.data import pipeline
+  from medfusion.evaluation import evaluators
+
+  config, workdir, _, result = scored
+  settings = evaluators.Settings("c", "diffusion_classifier", 1, "val/", 64, num_draws=config.classify.num_draws)
+  split = pipeline.load_split(config.data, "val")
+  evaluator = evaluators.DiffusionClassifierEvaluator(config, settings, split, sharding.make_mesh())
+  evaluator.settings = settings
+  logged = evaluators.run(evaluator, modeldir.load_ema_params(config, workdir).params)
+  for aggregator in ("vote", "mean"):
+    for metric in ("accuracy", "balanced_accuracy", "f1"):
+      assert logged[f"val/{aggregator}_{metric}"] == result[aggregator][metric]
+  assert logged["val/mean_auc"] == pytest.approx(result["mean"]["auc"])  # binary AUC: any temperature

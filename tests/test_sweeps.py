@@ -1,9 +1,9 @@
-"""The pure parts of medfusion.sweeps: accuracy against K and against t, on hand-made error tensors."""
+"""The pure parts of medfusion.evaluation.draw_analysis: accuracy against K and t on hand-made error tensors."""
 
 import numpy as np
 import pytest
 
-from medfusion import sweeps
+from medfusion.evaluation import draw_analysis
 
 
 def test_k_sweep_uses_prefixes_of_the_draws():
@@ -16,7 +16,7 @@ def test_k_sweep_uses_prefixes_of_the_draws():
     ]
   )
   labels = np.array([0, 1])
-  result = sweeps.k_sweep(errors, labels, [1, 2, 4])
+  result = draw_analysis.k_sweep(errors, labels, [1, 2, 4])
   assert result["k"] == [1, 2, 4]
   # Mean: image 0's class-0 mean is 0.5, 0.5, 0.3 against 0.0, 0.1, 0.15 for class 1: wrong throughout.
   assert result["mean"] == [0.5, 0.5, 0.5]
@@ -29,9 +29,9 @@ def test_t_profile_bins_single_draw_accuracy():
   errors[:, 1] = 1.0  # every draw picks class 0
   t = np.array([[0.05, 0.15, 0.95, 0.96], [0.05, 0.55, 0.56, 0.99]])
   labels = np.array([0, 1])
-  profile = sweeps.t_profile(errors, t, labels, num_bins=10)
+  profile = draw_analysis.t_profile(errors, t, labels, num_bins=10)
   assert profile["draws"] == [2, 1, 0, 0, 0, 2, 0, 0, 0, 3]
   assert profile["accuracy"][0] == 0.5 and profile["accuracy"][1] == 1.0 and profile["accuracy"][5] == 0.0
   assert profile["accuracy"][9] == pytest.approx(2 / 3)
-  assert np.isnan(profile["accuracy"][2])
+  assert profile["accuracy"][2] is None  # no draws in the bin: JSON null
   assert profile["accuracy_by_class"][0][9] == 1.0 and profile["accuracy_by_class"][1][9] == 0.0

@@ -10,16 +10,19 @@ import pytest
 import train_losses_script
 from conftest import run_python
 
-from medfusion import checkpoint, sharding, trainer
-from medfusion import state as state_lib
+from medfusion import checkpoint, sharding
+from medfusion.training import diffusion
+from medfusion.training import state as state_lib
 
 
-def smoke_config(tfds_dir, **train):
-  """train_losses_script.tiny_config (a one-level UNet: compiles fast) with these train fields."""
+def smoke_config(tfds_dir, eval_every, **train):
+  """train_losses_script.tiny_config (a one-level UNet: compiles fast) with these train fields, both evaluators
+  every `eval_every` steps."""
   config = train_losses_script.tiny_config(tfds_dir)
   config.train.progress_bar = False
-  for k, v in train.items():
-    config.train[k] = v
+  config.train.update(train)
+  for evaluator in config.evals.values():
+    evaluator.every = eval_every
   return config
 
 
@@ -28,7 +31,7 @@ def trained(tmp_path_factory, tfds_dir):
   """40 smoke steps at a high learning rate, logging every step."""
   workdir = str(tmp_path_factory.mktemp("smoke"))
   config = smoke_config(tfds_dir, steps=40, log_every=1, learning_rate=2e-3, eval_every=20)
-  state = trainer.train_and_evaluate(config, workdir)
+  state = diffusion.train_and_evaluate(config, workdir)
   return config, workdir, state
 
 
@@ -45,6 +48,12 @@ def test_loss_goes_down(trained):
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
   val = [r["val/loss"] for r in rows if "val/loss" in r]
   assert len(val) == 2 and all(np.isfinite(val))
+  # The classifier evaluator logs beside the loss, and best/ holds the step with the best config.train.best_metric.
+  auc = {r["step"]: r["val/mean_auc"] for r in rows if "val/mean_auc" in r}
+  assert sorted(auc) == [20, 40] and all(0.0 <= v <= 1.0 for v in auc.values())
+  assert {"val/vote_accuracy", "val/mean_accuracy", "val/vote_auc"} <= set().union(*rows)
+  (best,) = os.listdir(os.path.join(workdir, "best"))
+  assert auc[int(best)] == max(auc.values())
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
 
@@ -67,7 +76,7 @@ def test_resume_continues_at_the_right_step(trained, caplog):
   config, workdir, _ = trained
   config = smoke_config(config.data.tfds_data_dir, steps=45, log_every=1, learning_rate=2e-3, eval_every=20)
   with caplog.at_level(logging.INFO, logger="medfusion"):
-    state = trainer.train_and_evaluate(config, workdir)
+    state = diffusion.train_and_evaluate(config, workdir)
   assert "Resumed from step 40" in caplog.text
   assert int(state.step) == 45
   steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]

@@ -7,9 +7,10 @@ import sys
 import jax
 
 from configs import pneumoniamnist
-from medfusion import sharding, trainer
-from medfusion import state as state_lib
+from medfusion import runtime, sharding
 from medfusion.data import pipeline
+from medfusion.training import diffusion
+from medfusion.training import state as state_lib
 
 
 def tiny_config(tfds_dir: str):
@@ -26,8 +27,8 @@ def losses(tfds_dir: str, steps: int) -> list[float]:
   config = tiny_config(tfds_dir)
   mesh = sharding.make_mesh()
   model, optimizer = state_lib.make_model(config), state_lib.make_optimizer(config.train)
-  state = state_lib.jit_init_state(config, model, optimizer, sharding.replicated(mesh))
-  step_fn = trainer.make_train_step(config, model, optimizer, mesh)
+  state = runtime.run_once(lambda: state_lib.init_state(config, model, optimizer), sharding.replicated(mesh))
+  step_fn = diffusion.make_train_step(config, model, optimizer, mesh)
   batches = pipeline.train_batches(pipeline.load_split(config.data, "train"), config.train.batch_size, config.seed)
   result = []
   for _ in range(steps):

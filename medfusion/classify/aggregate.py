@@ -5,6 +5,8 @@ import math
 import numpy as np
 from scipy import stats
 
+ADAPTIVE = ("none", "exact", "sequential")
+
 
 def votes_from_errors(errors: np.ndarray, evaluated: np.ndarray | None = None) -> np.ndarray:
   """Each draw votes for its lowest-error class: errors [B, C, R] -> vote counts [B, C].
@@ -62,3 +64,19 @@ def sequential_vote_decided(votes: np.ndarray, num_checks: int, delta: float) ->
 
 def num_checks(num_draws: int, draws_per_round: int) -> int:
   return math.ceil(num_draws / draws_per_round)
+
+
+def decided(votes: np.ndarray, draws_left: np.ndarray, adaptive: str, checks: int, delta: float) -> np.ndarray:
+  """The stopping rule of adaptive compute, per image: True where no more draws are needed.
+
+  votes [N, C] after the draws so far, draws_left [N] of the full budget. `none` stops only when the budget is
+  spent; `exact` once the vote can no longer change; `sequential` once `sequential_vote_decided` at `delta`.
+  """
+  done = np.asarray(draws_left) <= 0
+  if adaptive == "exact":
+    return done | exact_vote_decided(votes, draws_left)
+  if adaptive == "sequential":
+    return done | sequential_vote_decided(votes, checks, delta)
+  if adaptive != "none":
+    raise ValueError(f"adaptive={adaptive!r} is not one of {ADAPTIVE}")
+  return done

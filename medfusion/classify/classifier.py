@@ -7,13 +7,67 @@ remaining ones are repacked with waiting images into batches of the same fixed s
 
 import collections
 import dataclasses
+from collections.abc import Callable
 
 import jax
+import jax.experimental.multihost_utils
 import numpy as np
 
 from medfusion import sharding
 from medfusion.classify import aggregate, kernel
-from medfusion.models.unet import UNet, UNetConfig
+from medfusion.errors import ConfigError
+from medfusion.models.unet import DTYPES, UNet, UNetConfig
+
+Progress = Callable[[int], object] | None  # called with the number of images finished since the last call
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+  """How images are batched and how many draws they get, from `config.classify` (the kernel has `KernelSpec`)."""
+
+  num_classes: int
+  num_draws: int
+  batch_size: int
+  dtype: str
+  adaptive: str
+  draws_per_round: int
+  delta: float
+  prune_stages: tuple[tuple[int, int], ...]
+
+  def __post_init__(self):
+    for name in ("batch_size", "draws_per_round"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"config.classify.{name}={getattr(self, name)!r} must be positive")
+    if self.dtype not in DTYPES:
+      raise ConfigError(f"config.classify.dtype={self.dtype!r} is not one of {DTYPES}")
+    if self.adaptive not in aggregate.ADAPTIVE:
+      raise ConfigError(f"config.classify.adaptive={self.adaptive!r} is not one of {aggregate.ADAPTIVE}")
+    if not 0.0 < self.delta < 1.0:
+      raise ConfigError(f"config.classify.delta={self.delta!r} must be in (0, 1)")
+    if self.adaptive != "none" and self.num_draws % self.draws_per_round:
+      raise ConfigError(
+        f"config.classify.num_draws={self.num_draws} must be a multiple of classify.draws_per_round="
+        f"{self.draws_per_round}"
+      )
+    if self.prune_stages:
+      if sum(d for d, _ in self.prune_stages) > self.num_draws:
+        raise ConfigError(
+          f"config.classify.prune_stages={self.prune_stages} uses more than num_draws={self.num_draws} draws"
+        )
+      kept = [k for _, k in self.prune_stages]
+      if any(k < 1 for k in kept) or kept[0] > self.num_classes or kept != sorted(kept, reverse=True):
+        raise ConfigError(
+          f"config.classify.prune_stages={self.prune_stages}: classes kept must shrink from at most "
+          "data.num_classes to >= 1"
+        )
+
+  @classmethod
+  def from_config(cls, config) -> "ClassifierSpec":
+    c = config.classify
+    stages = tuple((int(d), int(k)) for d, k in c.prune_stages)
+    return cls(
+      config.data.num_classes, c.num_draws, c.batch_size, c.dtype, c.adaptive, c.draws_per_round, c.delta, stages
+    )
 
 
 @dataclasses.dataclass
@@ -50,39 +104,69 @@ class Tally:
 
 
 class DiffusionClassifier:
-  """Scores images with a trained denoiser. `params` are the EMA parameters."""
+  """Scores images with a trained denoiser. `params` are the EMA parameters; `source` names them in errors."""
 
-  def __init__(self, config, params, mesh=None):
+  def __init__(self, config, params, mesh=None, source: str = "the model"):
     self.config = config
-    self.cfg = config.classify
+    self.spec = ClassifierSpec.from_config(config)
     self.num_classes = config.data.num_classes
+    self.source = source
     self.mesh = mesh or sharding.make_mesh()
-    sharding.check_batch_size(self.cfg.batch_size, "config.classify.batch_size")
-    model_config = dataclasses.replace(UNetConfig.from_config(config), dtype=self.cfg.dtype, dropout=0.0)
-    self.spec = kernel.KernelSpec.from_config(config)
-    self.kernel = kernel.make_kernel(UNet(model_config), self.spec, self.mesh)
+    sharding.check_batch_size(self.spec.batch_size, "config.classify.batch_size")
+    model_config = dataclasses.replace(UNetConfig.from_config(config), dtype=self.spec.dtype, dropout=0.0)
+    self.kernel_spec = kernel.KernelSpec.from_config(config)
+    self.kernel = kernel.make_kernel(UNet(model_config), self.kernel_spec, self.mesh)
     self.params = jax.device_put(params, sharding.replicated(self.mesh))
 
   def errors(self, images, indices, draw_ids, class_ids) -> np.ndarray:
-    """Errors [B, C', R] for one fixed-shape batch (numpy in, numpy out)."""
-    arrays = {"images": images, "indices": indices, "draw_ids": draw_ids, "class_ids": class_ids}
+    """Errors [b, C', R] of up to B images (numpy in, numpy out); shorter batches are padded to B."""
+    b = len(images)
     if not np.all(np.isfinite(images)):
-      bad = int(indices[np.argmax(~np.isfinite(images).reshape(len(images), -1).all(axis=1))])
+      bad = int(indices[np.argmax(~np.isfinite(images).reshape(b, -1).all(axis=1))])
       raise FloatingPointError(f"image {bad} has NaN or infinite values")
+    padded = self.pad(images, indices, draw_ids, class_ids)
+    arrays = dict(zip(("images", "indices", "draw_ids", "class_ids"), padded, strict=True))
     g = sharding.shared_to_global(self.mesh, arrays)
     out = self.kernel(self.params, g["images"], g["indices"], g["draw_ids"], g["class_ids"])
-    return np.asarray(jax.device_get(jax.experimental.multihost_utils.process_allgather(out, tiled=True)))
+    out = np.asarray(jax.device_get(jax.experimental.multihost_utils.process_allgather(out, tiled=True)))[:b]
+    if not np.all(np.isfinite(out)):
+      bad = int(indices[np.argmax(~np.isfinite(out).reshape(b, -1).all(axis=1))])
+      raise FloatingPointError(
+        f"{self.source} gave NaN or infinite denoising errors (first on image {bad}): its parameters are corrupt "
+        "or training diverged"
+      )
+    return out
 
-  def score(self, images: np.ndarray, indices: np.ndarray) -> Tally:
-    """Scores N images (float32 in [-1, 1]) with the config's adaptive mode; returns their Tally."""
-    if self.cfg.prune_stages:
-      return self._score_pruned(images, indices)
-    return self._score_rounds(images, indices)
+  def pad(self, *arrays):
+    """Pads each array's first axis to the batch size by repeating its last row (results are discarded)."""
+    b = self.spec.batch_size
+    return tuple(np.concatenate([a, np.repeat(a[-1:], b - len(a), axis=0)]) if len(a) < b else a for a in arrays)
 
-  def _score_rounds(self, images, indices) -> Tally:
-    n, c, k = len(images), self.num_classes, self.cfg.num_draws
-    b = self.cfg.batch_size
-    r = k if self.cfg.adaptive == "none" else min(self.cfg.draws_per_round, k)
+  def score(self, images: np.ndarray, indices: np.ndarray, progress: Progress = None) -> Tally:
+    """Scores N images (float32 in [-1, 1]) with the config's adaptive mode; returns their Tally.
+
+    `progress(n)` is called after every kernel call with the number of images that call finished.
+    """
+    if self.spec.prune_stages:
+      return self._score_pruned(images, indices, progress)
+    return self._score_rounds(images, indices, progress)
+
+  def draw_errors(self, images: np.ndarray, indices: np.ndarray, progress: Progress = None) -> np.ndarray:
+    """Errors [N, C, K] of every class on all K draws: what `score` aggregates at the full budget."""
+    b, c, k = self.spec.batch_size, self.num_classes, self.spec.num_draws
+    classes, draw_ids = np.broadcast_to(np.arange(c), (b, c)), np.broadcast_to(np.arange(k), (b, k))
+    out = []
+    for lo in range(0, len(images), b):
+      rows = slice(lo, min(lo + b, len(images)))
+      n = rows.stop - rows.start
+      out.append(self.errors(images[rows], indices[rows], draw_ids[:n], classes[:n]))
+      if progress is not None:
+        progress(n)
+    return np.concatenate(out) if out else np.zeros((0, c, k))
+
+  def _score_rounds(self, images, indices, progress: Progress) -> Tally:
+    n, c, k, b = len(images), self.num_classes, self.spec.num_draws, self.spec.batch_size
+    r = k if self.spec.adaptive == "none" else min(self.spec.draws_per_round, k)
     tally = Tally.zeros(n, c)
     checks = aggregate.num_checks(k, r)
     queue = collections.deque(range(n))
@@ -90,43 +174,30 @@ class DiffusionClassifier:
     while queue:
       rows = np.array([queue.popleft() for _ in range(min(b, len(queue)))])
       draw_ids = tally.draws[rows][:, None] + np.arange(r)[None, :]
-      errors = self.errors(*_pad(b, images[rows], indices[rows], draw_ids), all_classes)[: len(rows)]
-      tally.add(rows, errors, all_classes[: len(rows)])
-      for row in rows:
-        if not self._done(tally, row, checks):
-          queue.append(row)
+      classes = all_classes[: len(rows)]
+      tally.add(rows, self.errors(images[rows], indices[rows], draw_ids, classes), classes)
+      done = aggregate.decided(tally.votes[rows], k - tally.draws[rows], self.spec.adaptive, checks, self.spec.delta)
+      queue.extend(rows[~done])
+      if progress is not None:
+        progress(int(done.sum()))
     return tally
 
-  def _done(self, tally: Tally, row: int, checks: int) -> bool:
-    left = self.cfg.num_draws - tally.draws[row]
-    if left <= 0:
-      return True
-    votes = tally.votes[row : row + 1]
-    if self.cfg.adaptive == "exact":
-      return bool(aggregate.exact_vote_decided(votes, np.array([left]))[0])
-    if self.cfg.adaptive == "sequential":
-      return bool(aggregate.sequential_vote_decided(votes, checks, self.cfg.delta)[0])
-    return False
-
-  def _score_pruned(self, images, indices) -> Tally:
+  def _score_pruned(self, images, indices, progress: Progress) -> Tally:
     """Staged class pruning: each stage evaluates `draws` new draws on the candidate classes, then keeps the
     `keep` candidates with the lowest mean error for the next stage."""
-    n, c, b = len(images), self.num_classes, self.cfg.batch_size
+    n, c, b = len(images), self.num_classes, self.spec.batch_size
     tally = Tally.zeros(n, c)
     candidates = np.broadcast_to(np.arange(c), (n, c))
     first = 0
-    for stage_draws, keep in self.cfg.prune_stages:
+    for stage, (stage_draws, keep) in enumerate(self.spec.prune_stages):
       draw_ids = np.broadcast_to(first + np.arange(stage_draws), (n, stage_draws))
       for lo in range(0, n, b):
         rows = np.arange(lo, min(lo + b, n))
-        padded = _pad(b, images[rows], indices[rows], draw_ids[rows], candidates[rows])
-        tally.add(rows, self.errors(*padded)[: len(rows)], candidates[rows])
+        errors = self.errors(images[rows], indices[rows], draw_ids[rows], candidates[rows])
+        tally.add(rows, errors, candidates[rows])
+        if progress is not None and stage == len(self.spec.prune_stages) - 1:
+          progress(len(rows))
       first += stage_draws
       order = np.argsort(np.take_along_axis(tally.mean_errors, candidates, axis=1), axis=1, kind="stable")
       candidates = np.take_along_axis(candidates, order[:, :keep], axis=1)
     return tally
-
-
-def _pad(b: int, *arrays):
-  """Pads each array's first axis to b by repeating its last row (results for padding are discarded)."""
-  return tuple(np.concatenate([a, np.repeat(a[-1:], b - len(a), axis=0)]) if len(a) < b else a for a in arrays)

@@ -7,6 +7,8 @@ far, and all classes see the same draws, so class comparisons are paired.
 import jax
 import jax.numpy as jnp
 
+TIMESTEPS = ("stratified", "uniform")
+
 
 def image_key(seed: int, index):
   """The key of one image (by its index in the split)."""
@@ -27,7 +29,7 @@ def timesteps(key, num_draws: int, kind: str, t_min: float, t_max: float):
   elif kind == "uniform":
     u = jax.random.uniform(key, (num_draws,))
   else:
-    raise ValueError(f"timesteps='{kind}' is not one of ('stratified', 'uniform')")
+    raise ValueError(f"timesteps='{kind}' is not one of {TIMESTEPS}")
   return t_min + u * (t_max - t_min)
 
 

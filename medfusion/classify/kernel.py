@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 from medfusion import sharding
 from medfusion.classify import draws
 from medfusion.diffusion import schedules
+from medfusion.errors import ConfigError
 from medfusion.models.unet import UNet
 
 ERRORS = ("eps_mse", "x_mse", "v_mse", "eps_l1")
@@ -49,6 +50,21 @@ class KernelSpec:
   chunk_size: int  # model evaluations per lax.map step, per device
   prediction: str
   schedule: schedules.Schedule
+
+  def __post_init__(self):
+    for name in ("num_draws", "chunk_size"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"config.classify.{name}={getattr(self, name)!r} must be positive")
+    if self.timesteps not in draws.TIMESTEPS:
+      raise ConfigError(f"config.classify.timesteps={self.timesteps!r} is not one of {draws.TIMESTEPS}")
+    if self.error not in ERRORS:
+      raise ConfigError(f"config.classify.error={self.error!r} is not one of {ERRORS}")
+    if not 0.0 <= self.t_min < self.t_max <= 1.0:
+      raise ConfigError(
+        f"config.classify.t_min={self.t_min} and t_max={self.t_max} must satisfy 0 <= t_min < t_max <= 1"
+      )
+    if self.prediction not in schedules.PREDICTIONS:
+      raise ConfigError(f"config.diffusion.prediction={self.prediction!r} is not one of {schedules.PREDICTIONS}")
 
   @classmethod
   def from_config(cls, config) -> "KernelSpec":

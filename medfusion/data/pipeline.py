@@ -17,8 +17,29 @@ import numpy as np
 
 from medfusion.data import image_folder
 from medfusion.data.errors import DataError
+from medfusion.errors import ConfigError
 
 _RESIZE_CHUNK = 1024  # images resized per call, bounding the float32 copy
+SOURCES = ("npz", "synthetic_lesions", "image_folder", "arrays")
+FITS = ("pad", "resize")
+ON_BAD_FILE = ("stop", "skip")
+
+
+def check_data_config(data_config) -> None:
+  """Raises ConfigError for the first invalid field of config.data."""
+  for field, choices in (("source", SOURCES), ("fit", FITS), ("on_bad_file", ON_BAD_FILE)):
+    if data_config[field] not in choices:
+      raise ConfigError(f"config.data.{field}={data_config[field]!r} is not one of {choices}")
+  for field in ("num_classes", "num_channels", "image_size"):
+    if not data_config[field] > 0:
+      raise ConfigError(f"config.data.{field}={data_config[field]!r} must be positive")
+  if len(data_config.class_names) != data_config.num_classes:
+    raise ConfigError(
+      f"config.data.class_names has {len(data_config.class_names)} names but data.num_classes is "
+      f"{data_config.num_classes}"
+    )
+  if data_config.source in ("image_folder", "arrays") and not data_config.folder:
+    raise ConfigError(f"config.data.source={data_config.source!r} needs config.data.folder")
 
 
 def _tensorflow():
@@ -44,8 +65,8 @@ class Split:
 
 def _fit(images: np.ndarray, size: int, fit: str, what: str, nearest: bool = False) -> np.ndarray:
   """Pads (centred, zeros) or resizes (antialiased; nearest for masks) uint8 [N, H, W, C] to [N, S, S, C]."""
-  if fit not in ("pad", "resize"):
-    raise ValueError(f"config.data.fit must be 'pad' or 'resize', got '{fit}'")
+  if fit not in FITS:
+    raise ValueError(f"config.data.fit={fit!r} is not one of {FITS}")
   height, width = images.shape[1:3]
   if (height, width) == (size, size):
     return images
@@ -143,7 +164,7 @@ def load_split(data_config, split: str) -> Split:
 
       builder = SyntheticLesions(config=data_config.synthetic_config, data_dir=data_config.tfds_data_dir)
     else:
-      raise ValueError(f"config.data.source must be npz, synthetic_lesions, image_folder or arrays, got '{source}'")
+      raise ValueError(f"config.data.source={source!r} is not one of {SOURCES}")
     images, labels, masks = _load_tfds(builder, split)
     what = f"{builder.info.full_name} split '{split}'"
     if images.shape[-1] != data_config.num_channels:

@@ -5,9 +5,15 @@ A schedule maps t in [0, 1] to lambda = log(alpha^2 / sigma^2), decreasing from 
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+
+from medfusion.errors import ConfigError
+
+SCHEDULES = ("cosine", "shifted_cosine")
+PREDICTIONS = ("v", "eps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,14 +25,21 @@ class Schedule:
   logsnr_max: float = 15.0
   shift: float = 0.0  # added to the log-SNR; shifted_cosine uses 2*log(base_resolution/image_size)
 
+  def __post_init__(self):
+    if self.kind not in SCHEDULES:
+      raise ConfigError(f"config.diffusion.schedule={self.kind!r} is not one of {SCHEDULES}")
+    if not self.logsnr_min < self.logsnr_max:
+      raise ConfigError(f"config.diffusion.logsnr_min={self.logsnr_min} must be below logsnr_max={self.logsnr_max}")
+
   @classmethod
   def from_config(cls, diffusion_config, image_size: int) -> "Schedule":
-    kinds = ("cosine", "shifted_cosine")
-    if diffusion_config.schedule not in kinds:
-      raise ValueError(f"config.diffusion.schedule='{diffusion_config.schedule}' is not one of {kinds}")
     shift = 0.0
     if diffusion_config.schedule == "shifted_cosine":
-      shift = 2.0 * float(jnp.log(diffusion_config.shift_base_resolution / image_size))
+      if not diffusion_config.shift_base_resolution > 0:
+        raise ConfigError(
+          f"config.diffusion.shift_base_resolution={diffusion_config.shift_base_resolution} must be positive"
+        )
+      shift = 2.0 * math.log(diffusion_config.shift_base_resolution / image_size)
     return cls(diffusion_config.schedule, diffusion_config.logsnr_min, diffusion_config.logsnr_max, shift)
 
   def logsnr(self, t):
@@ -85,4 +98,4 @@ def predict_eps_x_v(output, z, logsnr, prediction: str):
     eps = output
     x = x_from_z_eps(z, eps, logsnr)
     return eps, x, v_from_x_eps(x, eps, logsnr)
-  raise ValueError(f"prediction='{prediction}' is not one of ('v', 'eps')")
+  raise ValueError(f"prediction='{prediction}' is not one of {PREDICTIONS}")

@@ -6,6 +6,9 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
+from medfusion.errors import ConfigError
+from medfusion.models.unet import DTYPES
+
 STAGE_SIZES = {"resnet18": (2, 2, 2, 2)}  # BasicBlocks per stage; stage k has width * 2**k channels
 SMALL_IMAGE_SIZE = 64  # at or below this size the stem keeps full resolution (the CIFAR adaptation)
 
@@ -20,13 +23,22 @@ class ResNetConfig:
   image_size: int = 32
   dtype: str = "float32"
 
+  def __post_init__(self):
+    for name in ("num_classes", "width", "image_size"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"config.model.{name}={getattr(self, name)!r} must be positive")
+    if self.dtype not in DTYPES:
+      raise ConfigError(f"config.model.dtype={self.dtype!r} is not one of {DTYPES}")
+
   @classmethod
   def from_config(cls, config) -> "ResNetConfig":
     m = config.model
+    if m.type not in STAGE_SIZES:
+      raise ConfigError(f"config.model.type={m.type!r} is not one of {tuple(STAGE_SIZES)}")
     return cls(
       num_classes=config.data.num_classes,
       width=m.width,
-      stage_sizes=STAGE_SIZES[m.arch],
+      stage_sizes=STAGE_SIZES[m.type],
       image_size=config.data.image_size,
       dtype=m.dtype,
     )

@@ -6,6 +6,10 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from medfusion.errors import ConfigError
+
+DTYPES = ("float32", "bfloat16")
+
 
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
@@ -21,6 +25,38 @@ class UNetConfig:
   norm_groups: int = 16
   image_size: int = 32
   dtype: str = "float32"
+
+  def __post_init__(self):
+    for name in ("num_classes", "out_channels", "channels", "num_res_blocks", "norm_groups", "image_size"):
+      if not getattr(self, name) > 0:
+        raise ConfigError(f"config.model.{name}={getattr(self, name)!r} must be positive")
+    if self.dtype not in DTYPES:
+      raise ConfigError(f"config.model.dtype={self.dtype!r} is not one of {DTYPES}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ConfigError(f"config.model.dropout={self.dropout!r} must be in [0, 1)")
+    levels = len(self.channel_mult)
+    if not levels or min(self.channel_mult) < 1:
+      raise ConfigError(f"config.model.channel_mult={self.channel_mult} must be one or more positive multipliers")
+    if self.image_size % 2 ** (levels - 1):
+      raise ConfigError(
+        f"config.data.image_size={self.image_size} must be divisible by {2 ** (levels - 1)} for {levels} UNet levels"
+      )
+    for mult in self.channel_mult:
+      if (self.channels * mult) % self.norm_groups:
+        raise ConfigError(
+          f"config.model.norm_groups={self.norm_groups} must divide every level's width ({self.channels}*{mult})"
+        )
+    missing = sorted(set(self.attention_resolutions) - set(self.level_sizes))
+    if missing:
+      raise ConfigError(
+        f"config.model.attention_resolutions={self.attention_resolutions}: no UNet level is {missing[0]}x"
+        f"{missing[0]} (levels at image_size={self.image_size}: {self.level_sizes})"
+      )
+
+  @property
+  def level_sizes(self) -> tuple[int, ...]:
+    """Height of the feature maps at each level, from the input down."""
+    return tuple(self.image_size // 2**level for level in range(len(self.channel_mult)))
 
   @classmethod
   def from_config(cls, config) -> "UNetConfig":

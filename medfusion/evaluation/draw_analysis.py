@@ -1,39 +1,20 @@
 """How accuracy depends on the draws: the number K (mean vs vote) and the timestep t of each draw.
 
-`draw_errors` evaluates every image on all K draws and classes once; `k_sweep` and `t_profile` are pure
-functions of that tensor, so trying other K or t ranges costs no network evaluations.
+`driver.draw_errors` evaluates every image on all K draws and classes once; `k_sweep`, `t_profile` and
+`early_stop_sweep` are pure functions of that tensor, so trying other K, t ranges or stopping levels costs no
+network evaluations.
 """
 
 import os
 
-import jax
 import numpy as np
-import tqdm
 
-from medfusion import plots, scoring
-from medfusion.classify import aggregate, draws
-from medfusion.classify.classifier import DiffusionClassifier, _pad
+from medfusion import modeldir, plots
+from medfusion.classify import aggregate
+from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
-from medfusion.errors import UserError
+from medfusion.evaluation import driver
 from medfusion.writers import write_json_atomic, write_npz_atomic
-
-
-def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, progress=None):
-  """(errors [n, C, K], t [n, K]) of the first n images: draws 0..K-1 of medfusion.score, every class."""
-  cfg, c = classifier.cfg, classifier.num_classes
-  b, k = cfg.batch_size, cfg.num_draws
-  classes = np.broadcast_to(np.arange(c), (b, c))
-  draw_ids = np.broadcast_to(np.arange(k), (b, k))
-  errors = []
-  for batch in pipeline.eval_batches(split, b, 0, n):
-    rows = batch["valid"]
-    padded = _pad(b, batch["image"][rows], batch["index"][rows], draw_ids[rows])
-    errors.append(classifier.errors(*padded, classes)[: rows.sum()])
-    if progress is not None:
-      progress(int(rows.sum()))
-  keys = jax.vmap(lambda i: draws.image_key(classifier.config.seed, i))(np.arange(n))
-  t = jax.vmap(lambda key: draws.timesteps(key, k, cfg.timesteps, cfg.t_min, cfg.t_max))(keys)
-  return np.concatenate(errors), np.asarray(t)
 
 
 def _running_totals(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -74,8 +55,9 @@ def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_r
   for delta in deltas:
     used = np.full(n, k)
     for stop in range(draws_per_round, k, draws_per_round):
-      decided = (used == k) & aggregate.sequential_vote_decided(votes[:, :, stop - 1], checks, delta)
-      used[decided] = stop
+      open_ = used == k
+      decided = aggregate.decided(votes[:, :, stop - 1], np.full(n, k - stop), "sequential", checks, delta)
+      used[open_ & decided] = stop
     prediction = _vote_after(votes, mean_errors, used)
     result["mean_draws"].append(float(used.mean()))
     result["agreement"].append(float(np.mean(prediction == full)))
@@ -85,7 +67,7 @@ def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_r
 
 def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> dict:
   """Single-draw accuracy (the draw's lowest-error class is the label) in `num_bins` equal bins of t, overall
-  and per true class: where in the schedule the class signal lies."""
+  and per true class: where in the schedule the class signal lies. Bins without draws hold None (JSON null)."""
   edges = np.linspace(0.0, 1.0, num_bins + 1)
   correct = np.argmin(errors, axis=1) == labels[:, None]  # [N, K]
   bins = np.clip(np.digitize(t, edges) - 1, 0, num_bins - 1)
@@ -94,10 +76,10 @@ def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: i
   for i in range(num_bins):
     in_bin = bins == i
     result["draws"].append(int(in_bin.sum()))
-    result["accuracy"].append(float(correct[in_bin].mean()) if in_bin.any() else float("nan"))
+    result["accuracy"].append(float(correct[in_bin].mean()) if in_bin.any() else None)
     for c, accuracies in per_class.items():
       mask = in_bin & (labels[:, None] == c)
-      accuracies.append(float(correct[mask].mean()) if mask.any() else float("nan"))
+      accuracies.append(float(correct[mask].mean()) if mask.any() else None)
   result["accuracy_by_class"] = per_class
   return result
 
@@ -105,13 +87,13 @@ def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: i
 def sweep_split(config, workdir: str, split_name: str, output: str, max_examples: int = 0) -> dict:
   """Evaluates the first config.classify.num_draws draws of `split_name` and writes errors.npz, sweep.json,
   k_sweep.png and t_profile.png to `output`; returns sweep.json's content."""
-  if not os.path.isdir(workdir):
-    raise UserError(f"--workdir {workdir} does not exist")
   split = pipeline.load_split(config.data, split_name)
   n = len(split.labels) if max_examples <= 0 else min(max_examples, len(split.labels))
-  params, step = scoring.load_ema_params(config, workdir)
-  with tqdm.tqdm(total=n, desc=f"draws {split_name}", unit="img") as bar:
-    errors, t = draw_errors(DiffusionClassifier(config, params), split, n, bar.update)
+  model = modeldir.load_ema_params(config, workdir)
+  classifier = DiffusionClassifier(config, model.params, source=model.description)
+  with driver.progress_bar(n, f"draws {split_name}") as bar:
+    errors, t = driver.draw_errors(classifier, split, n, bar.update)
+  step = model.step
   labels = split.labels[:n]
   k = config.classify.num_draws
   result = {

@@ -1,0 +1,52 @@
+"""The one way a split goes through the diffusion classifier: in blocks of images, with a progress bar.
+
+`medfusion.score`, `medfusion.sweep` and the diffusion_classifier evaluator all call these, so they see the same
+images with the same draws.
+"""
+
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tqdm
+
+from medfusion.classify import draws
+from medfusion.classify.classifier import DiffusionClassifier
+from medfusion.data import pipeline
+from medfusion.evaluation.report import Totals
+
+
+def progress_bar(total: int, desc: str, initial: int = 0, enabled: bool = True) -> tqdm.tqdm:
+  """Images done, images/s and the time left; advanced after every kernel call (process 0 only)."""
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled or jax.process_index() != 0)
+
+
+def classify_split(
+  classifier: DiffusionClassifier, split: pipeline.Split, n: int, block: int, skip=(), progress=None
+) -> Iterator[Totals]:
+  """Totals of images [0, n) of `split` except the indices in `skip`, one block of up to `block` images at a
+  time (a block is the unit a resumable run keeps)."""
+  skip = np.asarray(sorted(skip), dtype=np.int64)
+  for batch in pipeline.eval_batches(split, block, 0, n):
+    keep = batch["valid"] & ~np.isin(batch["index"], skip)
+    if keep.any():
+      index, label = batch["index"][keep], batch["label"][keep]
+      yield Totals.from_tally(classifier.score(batch["image"][keep], index, progress), index, label)
+
+
+def collect(blocks: Iterator[Totals]) -> Totals:
+  """One Totals of all blocks, in order."""
+  blocks = list(blocks)
+  return Totals(*(np.concatenate([getattr(b, f) for b in blocks]) for f in Totals.__dataclass_fields__))
+
+
+def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, progress=None):
+  """(errors [n, C, K], t [n, K]) of the first n images: every class on draws 0..K-1 of medfusion.score."""
+  errors = []
+  for batch in pipeline.eval_batches(split, classifier.spec.batch_size, 0, n):
+    rows = batch["valid"]
+    errors.append(classifier.draw_errors(batch["image"][rows], batch["index"][rows], progress))
+  spec = classifier.kernel_spec
+  keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(np.arange(n))
+  t = jax.vmap(lambda key: draws.timesteps(key, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
+  return np.concatenate(errors), np.asarray(t)

@@ -1,0 +1,172 @@
+"""A trained diffusion model on disk: a training workdir or an exported model folder.
+
+Loading verifies what it loads (the exported files against their checksum manifest, every parameter finite);
+export writes a folder that loads the same way; the temperature for calibrated probabilities is stored beside
+the parameters, keyed by everything that changes the scale of the errors it was fitted on.
+
+An exported model folder holds `params/` (EMA parameters only, Orbax), `manifest.json` (SHA-256 of every file
+under params/), `export.json` (checkpoint step, source), `config.json` and, once fitted, `calibration.json`.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+
+from medfusion import checkpoint, sharding
+from medfusion.errors import UserError
+from medfusion.training import state as state_lib
+from medfusion.writers import write_json_atomic
+
+log = logging.getLogger("medfusion")
+
+CALIBRATION_FILE = "calibration.json"
+EXPORT_META = "export.json"
+MANIFEST = "manifest.json"
+
+
+class ModelError(UserError):
+  """A model folder whose files are damaged or whose parameters are not finite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """EMA parameters and where they came from."""
+
+  params: object
+  step: int
+  which: str  # 'exported', 'best', or 'latest: <why best/ was not used>'
+  path: str  # the folder the parameters were read from
+
+  @property
+  def description(self) -> str:
+    return f"checkpoint {self.path} (step {self.step}, {self.which})"
+
+
+def is_exported(workdir: str) -> bool:
+  return os.path.isdir(os.path.join(workdir, checkpoint.EXPORT_DIR))
+
+
+def load_ema_params(config, workdir: str) -> LoadedModel:
+  """The EMA parameters of an exported model (`workdir/params`), else of the workdir's best checkpoint, else
+  its latest; the manifest (exported models) and finiteness are checked, and which checkpoint is logged."""
+  if not os.path.isdir(workdir):
+    raise UserError(f"--workdir {workdir} does not exist")
+  model = state_lib.make_model(config)
+  rep = sharding.replicated(sharding.make_mesh())
+  if is_exported(workdir):
+    path = os.path.join(os.path.abspath(workdir), checkpoint.EXPORT_DIR)
+    _verify_manifest(workdir)
+    with open(os.path.join(workdir, EXPORT_META)) as f:
+      step = int(json.load(f)["checkpoint_step"])
+    abstract = sharding.abstract(lambda: state_lib.init_params(config, model), rep)
+    loaded = LoadedModel(checkpoint.load_exported_params(workdir, abstract), step, "exported", path)
+  else:
+    abstract = state_lib.abstract_state(config, model, state_lib.make_optimizer(config.train), rep)
+    state, step, which = checkpoint.restore_for_inference(workdir, abstract)
+    sub = "best" if which == "best" else "checkpoints"
+    loaded = LoadedModel(state.ema_params, int(step), which, os.path.join(os.path.abspath(workdir), sub, str(step)))
+  _check_finite(loaded)
+  log.info("Using %s", loaded.description)
+  return loaded
+
+
+def _check_finite(loaded: LoadedModel) -> None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(loaded.params)[0]:
+    if not np.all(np.isfinite(np.asarray(leaf))):
+      name = "/".join(str(getattr(k, "key", k)) for k in path)
+      raise ModelError(f"{loaded.description}: parameter {name} holds NaN or infinite values")
+
+
+def _file_digests(directory: str) -> dict[str, str]:
+  """SHA-256 of every file under `directory`, by path relative to its parent."""
+  parent = os.path.dirname(os.path.abspath(directory))
+  digests = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        digests[os.path.relpath(path, parent)] = hashlib.file_digest(f, "sha256").hexdigest()
+  return dict(sorted(digests.items()))
+
+
+def _verify_manifest(workdir: str) -> None:
+  manifest = os.path.join(workdir, MANIFEST)
+  if not os.path.exists(manifest):
+    log.warning("%s has no %s: its parameter files cannot be verified (re-export it)", workdir, MANIFEST)
+    return
+  with open(manifest) as f:
+    expected = json.load(f)["sha256"]
+  found = _file_digests(os.path.join(workdir, checkpoint.EXPORT_DIR))
+  for name in sorted(set(expected) | set(found)):
+    if expected.get(name) != found.get(name):
+      state = "is missing" if name not in found else "is not in the manifest" if name not in expected else "changed"
+      raise ModelError(f"{os.path.join(workdir, name)} {state} since export (checked against {manifest})")
+
+
+def export(config, workdir: str, output: str) -> int:
+  """Copies the workdir's best EMA parameters, calibration and config into `output` (a shippable model)."""
+  loaded = load_ema_params(config, workdir)
+  os.makedirs(output, exist_ok=True)
+  checkpoint.export_params(loaded.params, output)
+  write_json_atomic(
+    os.path.join(output, MANIFEST), {"sha256": _file_digests(os.path.join(output, checkpoint.EXPORT_DIR))}
+  )
+  write_json_atomic(os.path.join(output, EXPORT_META), {"checkpoint_step": loaded.step, "source_workdir": workdir})
+  write_json_atomic(os.path.join(output, "config.json"), json.loads(config.to_json_best_effort()))
+  calibration = os.path.join(workdir, CALIBRATION_FILE)
+  if os.path.exists(calibration):
+    with open(calibration) as f:
+      write_json_atomic(os.path.join(output, CALIBRATION_FILE), json.load(f))
+  return loaded.step
+
+
+# --- Calibration ---------------------------------------------------------------------------------------------------
+
+
+def calibration_key(config, step: int) -> dict:
+  """What a fitted temperature depends on: the checkpoint and every setting that changes the error scale."""
+  c = config.classify
+  return {
+    "checkpoint_step": int(step),
+    "error": c.error,
+    "t_min": float(c.t_min),
+    "t_max": float(c.t_max),
+    "num_draws": int(c.num_draws),
+    "timesteps": c.timesteps,
+  }
+
+
+def _read_fits(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, CALIBRATION_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f).get("fits", [])
+
+
+def stored_temperature(workdir: str, key: dict) -> float | None:
+  """The temperature fitted with exactly these settings, if one was stored."""
+  return next((float(f["temperature"]) for f in _read_fits(workdir) if f["key"] == key), None)
+
+
+def store_temperature(workdir: str, key: dict, temperature: float, split: str, n: int) -> None:
+  """Adds (or replaces) the fit for `key` in `workdir/calibration.json`."""
+  fits = [f for f in _read_fits(workdir) if f["key"] != key]
+  fits.append({"key": key, "temperature": temperature, "fitted_on": split, "n": int(n)})
+  write_json_atomic(os.path.join(workdir, CALIBRATION_FILE), {"fits": fits})
+
+
+def temperature(config, workdir: str, step: int) -> tuple[float | None, str]:
+  """(T, where it came from) for scoring: an explicit `config.classify.temperature` always wins; else the fit
+  stored for this checkpoint and these settings; else None (the caller fits it on the eval split or falls back)."""
+  if config.classify.temperature is not None:
+    return float(config.classify.temperature), "config.classify.temperature"
+  stored = stored_temperature(workdir, calibration_key(config, step))
+  if stored is not None:
+    return stored, f"fitted ({os.path.join(workdir, CALIBRATION_FILE)})"
+  return None, "none stored"

@@ -1,0 +1,80 @@
+"""The diffusion trainer: `train_and_evaluate(config, workdir)` trains the class-conditional denoiser."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from medfusion import checkpoint, runtime, sharding
+from medfusion.diffusion import losses, schedules
+from medfusion.evaluation import evaluators
+from medfusion.training import loop, optim
+from medfusion.training import state as state_lib
+
+
+def make_train_step(config, model, optimizer, mesh):
+  """The jitted, data-parallel train step: (state, batch) -> (state, metrics)."""
+  schedule = schedules.Schedule.from_config(config.diffusion, config.data.image_size)
+  spec = losses.LossSpec.from_config(config.diffusion)
+  base_key = jax.random.key(config.seed)
+  null_class = config.data.num_classes
+  lr_schedule = optim.learning_rate(config.train)
+
+  def train_step(state, batch):
+    step_key = jax.random.fold_in(base_key, state.step)
+    loss_key, dropout_key = jax.random.split(step_key)
+
+    def loss_fn(params):
+      def apply_fn(z, logsnr, labels):
+        return model.apply({"params": params}, z, logsnr, labels, train=True, rngs={"dropout": dropout_key})
+
+      loss, _ = losses.denoising_loss(
+        apply_fn, batch["image"], batch["label"], loss_key, schedule, spec, null_class, train=True
+      )
+      return loss
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    # EMA with a warm-up so early checkpoints are not dominated by the random initialisation.
+    decay = jnp.minimum(config.train.ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+    new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": lr_schedule(state.step)}
+    return new_state, metrics
+
+  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+
+
+def train_and_evaluate(config, workdir: str):
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final TrainState."""
+  interrupts = loop.Interrupts()
+  try:
+    mesh, train_split, eval_split = loop.start_run(config, workdir)
+    model = state_lib.make_model(config)
+    optimizer = state_lib.make_optimizer(config.train)
+    rep = sharding.replicated(mesh)
+    t = config.train
+    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.best_metric, t.best_mode)
+    abstract = state_lib.abstract_state(config, model, optimizer, rep)
+    state = loop.restore_or_init(
+      ckpts,
+      abstract,
+      lambda: runtime.run_once(lambda: state_lib.init_state(config, model, optimizer), rep),
+      workdir,
+      interrupts,
+    )
+    return loop.train_loop(
+      config,
+      workdir,
+      mesh,
+      state,
+      make_train_step(config, model, optimizer, mesh),
+      evaluators.build(config, eval_split, mesh),
+      lambda s: s.ema_params,
+      ckpts,
+      train_split,
+      interrupts,
+    )
+  finally:
+    interrupts.restore()

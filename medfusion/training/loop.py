@@ -1,0 +1,155 @@
+"""What every trainer shares: the run's prologue, restore-or-init, interrupts, and the train loop itself.
+
+A trainer (`diffusion.py`, `resnet.py`) supplies its state, its jitted train step and the variables its
+evaluators read; this module runs steps, logs, evaluates, keeps the best checkpoint and resumes.
+"""
+
+import collections
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from medfusion import sharding
+from medfusion.data import pipeline
+from medfusion.errors import ConfigError, Interrupted
+from medfusion.evaluation import evaluators as evaluators_lib
+from medfusion.writers import MetricWriter, write_json_atomic
+
+log = logging.getLogger("medfusion")
+
+STEPS_IN_FLIGHT = 2  # steps dispatched ahead of the last finished one: keeps the device busy, the bar honest
+
+
+def check_train_config(train) -> None:
+  """Raises ConfigError for the first invalid field of config.train that the loop reads."""
+  for field in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "learning_rate"):
+    if not train[field] > 0:
+      raise ConfigError(f"config.train.{field}={train[field]!r} must be positive")
+  if not train.checkpoint_minutes > 0:
+    raise ConfigError(f"config.train.checkpoint_minutes={train.checkpoint_minutes!r} must be positive")
+  if train.warmup_steps < 0:
+    raise ConfigError(f"config.train.warmup_steps={train.warmup_steps!r} must be >= 0")
+  if not train.grad_clip > 0:
+    raise ConfigError(f"config.train.grad_clip={train.grad_clip!r} must be positive")
+
+
+class Interrupts:
+  """SIGTERM (preemption) and SIGINT (Ctrl-C): the first asks the loop to checkpoint and stop after the step in
+  progress; a second one exits at once. Installed for the whole run, compilation included."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+  @property
+  def requested(self) -> bool:
+    return self.received is not None
+
+  def _handle(self, signum, frame):
+    if self.requested:
+      os._exit(128 + signum)
+    self.received = signal.Signals(signum).name
+    log.warning("%s: finishing the current step, then saving a checkpoint (again to exit at once)", self.received)
+
+  def restore(self):
+    for s, previous in self._previous.items():
+      signal.signal(s, previous)
+
+
+def start_run(config, workdir: str):
+  """The prologue of every trainer: (mesh, train split, eval split), with config.json written to the workdir once
+  the data has loaded (bad data fails before anything is written)."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.train.batch_size, "config.train.batch_size")
+  train_split = pipeline.load_split(config.data, config.data.train_split)
+  eval_split = pipeline.load_split(config.data, config.data.eval_split)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+  skipped = train_split.skipped + eval_split.skipped
+  if skipped and jax.process_index() == 0:
+    log.warning("Skipped %d unreadable image files; see %s/skipped_files.txt", len(skipped), workdir)
+    with open(os.path.join(workdir, "skipped_files.txt"), "w") as f:
+      f.write("\n".join(skipped) + "\n")
+  return mesh, train_split, eval_split
+
+
+def restore_or_init(ckpts, abstract_state, init_fn, workdir: str, interrupts: Interrupts):
+  """The newest checkpoint in `workdir` (restored to `abstract_state`), else a fresh `init_fn()`; logs which."""
+  restored = ckpts.restore_latest(abstract_state)
+  if restored is None:
+    state = init_fn()
+    log.info("Starting training from scratch in %s", workdir)
+  else:
+    state, _ = restored
+    log.info("Resumed from step %d in %s", int(state.step), workdir)
+  params = sum(x.size for x in jax.tree.leaves(state.params))
+  log.info("Model: %s parameters; %d devices", f"{params:,}", jax.device_count())
+  if interrupts.requested:
+    raise Interrupted(f"{interrupts.received} before the first step: nothing new to save in {workdir}")
+  return state
+
+
+def train_loop(config, workdir: str, mesh, state, train_step, evaluators, variables_fn, ckpts, train_split, interrupts):
+  """Steps from `state.step` to `config.train.steps`: logging, the evaluators (`evaluators_lib.run(e,
+  variables_fn(state))`), the best checkpoint by `config.train.best_metric`, checkpoints every
+  `checkpoint_every` steps and every `checkpoint_minutes`, and interrupts. Returns the final state."""
+  start, last = int(state.step), config.train.steps
+  writer = MetricWriter(workdir, resume_step=start)
+  batches = pipeline.train_batches(
+    train_split, config.train.batch_size, config.seed, start, jax.process_index(), jax.process_count()
+  )
+  meta = {"data": {"seed": config.seed, "examples_seen": 0}}
+  bar = tqdm.tqdm(
+    total=last, initial=start, desc="train", unit="step", disable=not config.train.progress_bar or jax.process_index()
+  )
+  in_flight = collections.deque()
+  tick, tick_step, saved_at = time.perf_counter(), start, time.monotonic()
+  try:
+    for step in range(start + 1, last + 1):
+      state, metrics = train_step(state, sharding.to_global(mesh, next(batches)))
+      in_flight.append(metrics)
+      if len(in_flight) > STEPS_IN_FLIGHT:
+        jax.block_until_ready(in_flight.popleft())
+        bar.update(1)
+      meta["data"]["examples_seen"] = step * config.train.batch_size
+      if step % config.train.log_every == 0 or step == last:
+        metrics = jax.device_get(metrics)
+        rate = (step - tick_step) / (time.perf_counter() - tick)
+        metrics.update({"steps_per_s": rate, "images_per_s": rate * config.train.batch_size})
+        writer.write(step, metrics)
+        bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", img_s=f"{rate * config.train.batch_size:.0f}")
+        if not np.isfinite(metrics["loss"]):
+          raise FloatingPointError(f"training loss is {metrics['loss']} at step {step}; lower the learning rate")
+        tick, tick_step = time.perf_counter(), step
+      eval_metrics = {}
+      for evaluator in evaluators:
+        if evaluators_lib.due(evaluator, step, last):
+          eval_metrics.update(evaluators_lib.run(evaluator, variables_fn(state)))
+      if eval_metrics:
+        writer.write(step, eval_metrics)
+        ckpts.save_if_best(step, state, meta, eval_metrics)
+      due_by_time = time.monotonic() - saved_at > 60 * config.train.checkpoint_minutes
+      if step % config.train.checkpoint_every == 0 or step == last or due_by_time or interrupts.requested:
+        ckpts.save(step, state, meta)
+        saved_at = time.monotonic()
+      if interrupts.requested:
+        jax.block_until_ready(state)
+        log.warning("%s: saved a checkpoint at step %d; rerun the same command to resume", interrupts.received, step)
+        break
+    jax.block_until_ready(state)
+    bar.update(len(in_flight))
+  finally:
+    bar.close()
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+  return state

@@ -1,0 +1,98 @@
+"""Every config in configs/ means what it says: its argument is parsed, it checks, its :smoke variant trains (and,
+for diffusion configs, scores) unmodified, and the paper preset has the size README states."""
+
+import glob
+import importlib
+import json
+import os
+
+import jax
+import pytest
+
+from configs import default
+from medfusion import configcheck
+from medfusion.errors import ConfigError
+from medfusion.evaluation import evaluators, split_scoring
+from medfusion.training import diffusion, resnet
+from medfusion.training import state as state_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+  os.path.splitext(os.path.basename(p))[0]
+  for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+  if not p.endswith("__init__.py")
+)
+
+
+def load(name: str, arg: str = ""):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_checks_and_rejects_unknown_arguments(name):
+  configcheck.check(load(name))
+  configcheck.check(load(name, "smoke"))
+  with pytest.raises(ValueError, match="smok"):
+    load(name, "smok")
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_smoke_config_trains_and_scores_unmodified(name, tmp_path, tfds_dir):
+  config = load(name, "smoke")
+  config.data.tfds_data_dir = tfds_dir  # where tfds builds the data; every other field as shipped
+  workdir = str(tmp_path / "run")
+  kind = evaluators.model_kind(config)
+  state = (diffusion if kind == "diffusion" else resnet).train_and_evaluate(config, workdir)
+  assert int(state.step) == config.train.steps
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = set().union(*(json.loads(line) for line in f))
+  assert config.train.best_metric in logged
+  assert os.listdir(os.path.join(workdir, "best"))
+  if kind == "diffusion":
+    result = split_scoring.score_split(config, workdir, config.data.eval_split, str(tmp_path / "out"), max_examples=8)
+    assert result["n"] == 8 and result["checkpoint"] == "best"
+    assert os.path.exists(tmp_path / "out" / "scores.csv")
+
+
+def test_paper_preset_is_303m_parameters_built_abstractly():
+  config = default.get_config("model=paper")
+  configcheck.check(config)
+  shapes = jax.eval_shape(lambda: state_lib.init_params(config, state_lib.make_model(config)))
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == 303_293_441
+  assert default.get_config("smoke,model=paper").model.channels == 16  # smoke shrinks any preset
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "fragment"),
+  [
+    ("model.attention_resolutions", (7,), "no UNet level is 7x7"),
+    ("model.norm_groups", 5, "norm_groups"),
+    ("diffusion.schedule", "linear", "diffusion.schedule"),
+    ("diffusion.loss_weighting", "snr", "loss_weighting"),
+    ("classify.error", "mse", "classify.error"),
+    ("classify.t_max", 1.5, "t_max"),
+    ("classify.adaptive", "maybe", "classify.adaptive"),
+    ("classify.draws_per_round", 5, "multiple of classify.draws_per_round"),
+    ("train.best_metric", "val/accuracy", "best_metric"),
+    ("data.fit", "crop", "data.fit"),
+  ],
+)
+def test_typed_specs_name_the_bad_field(field, value, fragment):
+  config = default.get_config()
+  section, key = field.split(".")
+  if field == "classify.draws_per_round":
+    config.classify.adaptive = "sequential"
+  config[section][key] = value
+  with pytest.raises(ConfigError, match=fragment):
+    configcheck.check(config)
+
+
+def test_evaluator_entries_are_checked():
+  config = default.get_config()
+  config.evals.classify.num_draws = 0
+  with pytest.raises(ConfigError, match="evals.classify.num_draws"):
+    configcheck.check(config)
+  config = default.get_config()
+  config.evals.classify.type = "classification"  # a ResNet evaluator on a diffusion config
+  with pytest.raises(ConfigError, match="evaluates a resnet model"):
+    configcheck.check(config)

@@ -1,0 +1,102 @@
+"""The model directory verifies what it loads, and calibration is keyed by what changes the error scale."""
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import train_losses_script
+from conftest import ROOT, run_python
+from test_robustness import assert_one_line_error
+
+from configs import pneumoniamnist
+from medfusion import checkpoint, modeldir, runtime
+from medfusion.classify.classifier import DiffusionClassifier
+from medfusion.evaluation import split_scoring
+from medfusion.evaluation.report import Totals
+from medfusion.training import state as state_lib
+
+SHIPPED = os.path.join(ROOT, "pretrained", "pneumoniamnist")
+
+
+def test_damaged_exported_model_fails_in_one_line_and_writes_nothing(tmp_path, tfds_dir):
+  model = tmp_path / "model"
+  shutil.copytree(SHIPPED, model)
+  data_files = [os.path.join(r, f) for r, _, fs in os.walk(model / "params") for f in fs]
+  target = max(data_files, key=os.path.getsize)
+  with open(target, "r+b") as f:
+    f.seek(100)
+    f.write(np.random.default_rng(0).bytes(1000))
+  output = tmp_path / "out"
+  proc = run_python(
+    [
+      "-m",
+      "medfusion.score",
+      "--config=configs/pneumoniamnist.py",
+      f"--workdir={model}",
+      f"--output={output}",
+      "--max_examples=4",
+      f"--config.data.tfds_data_dir={tfds_dir}",
+    ],
+    check=False,
+  )
+  assert_one_line_error(proc, os.path.basename(target), "changed since export")
+  assert not output.exists()
+
+
+def _export(params, directory, step=7):
+  checkpoint.export_params(params, str(directory))
+  digests = modeldir._file_digests(os.path.join(directory, checkpoint.EXPORT_DIR))
+  (directory / modeldir.MANIFEST).write_text(json.dumps({"sha256": digests}))
+  (directory / modeldir.EXPORT_META).write_text(json.dumps({"checkpoint_step": step}))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  config = train_losses_script.tiny_config("")
+  params = runtime.run_once(lambda: state_lib.init_params(config, state_lib.make_model(config)))
+  return config, jax.device_get(params)
+
+
+def test_nonfinite_parameters_are_named(tiny, tmp_path):
+  config, params = tiny
+  bad = jax.tree.map(np.array, params)
+  bad["Conv_0"]["bias"][0] = np.nan
+  _export(bad, tmp_path)
+  with pytest.raises(modeldir.ModelError, match=r"step 7, exported\): parameter Conv_0/bias holds NaN"):
+    modeldir.load_ema_params(config, str(tmp_path))
+  _export(params, tmp_path / "good")
+  assert modeldir.load_ema_params(config, str(tmp_path / "good")).which == "exported"
+
+
+def test_nonfinite_kernel_errors_name_the_model(tiny):
+  config, params = tiny
+  huge = jax.tree.map(lambda p: np.full_like(p, 1e30), params)  # finite, but overflows in the network
+  clf = DiffusionClassifier(config, huge, source="checkpoint X (step 7)")
+  images = np.zeros((2, 32, 32, 1), np.float32)
+  with pytest.raises(FloatingPointError, match=r"checkpoint X \(step 7\) gave NaN or infinite denoising errors"):
+    clf.score(images, np.arange(2))
+
+
+def test_calibration_is_keyed_by_the_error_scale_and_an_explicit_temperature_wins(tmp_path):
+  config = pneumoniamnist.get_config()
+  modeldir.store_temperature(str(tmp_path), modeldir.calibration_key(config, 3400), 0.02, "val", 10)
+  assert modeldir.temperature(config, str(tmp_path), 3400)[0] == 0.02
+  for field, value in (("num_draws", 8), ("error", "x_mse"), ("t_min", 0.2), ("timesteps", "uniform")):
+    other = config.copy_and_resolve_references()
+    other.classify[field] = value
+    assert modeldir.temperature(other, str(tmp_path), 3400) == (None, "none stored"), field
+  assert modeldir.temperature(config, str(tmp_path), 3000)[0] is None  # another checkpoint
+  config.classify.temperature = 0.5
+  assert modeldir.temperature(config, str(tmp_path), 3400) == (0.5, "config.classify.temperature")
+
+
+def test_unfitted_split_falls_back_with_a_warning(tmp_path, caplog):
+  config = pneumoniamnist.get_config()
+  totals = Totals(np.arange(2), np.array([0, 1]), np.ones((2, 2), int), np.ones((2, 2)), np.ones(2), np.ones(2))
+  temperature, source = split_scoring._fit_or_fall_back(config, str(tmp_path), 3400, "test", totals)
+  assert temperature == 1.0 and "fallback" in source
+  assert "No temperature fitted" in caplog.text
+  assert not os.listdir(tmp_path)
