@@ -12,6 +12,7 @@ this command) to each result and rewrites the file; measured fields are left as 
 import dataclasses
 import functools
 import json
+import os
 import sys
 
 import jax
@@ -19,14 +20,14 @@ import jax.numpy as jnp
 
 from benchmarks import common
 from configs import default
-from medfusion import state as state_lib
 from medfusion.models.unet import UNet, UNetConfig
+from medfusion.training import state as state_lib
 
 
 @functools.cache
 def flops_per_evaluation(name: str, dtype: str) -> float:
   """XLA's FLOPs for one forward pass of the preset's UNet on one image (abstract parameters: nothing allocated)."""
-  config = default.paper(default.get_config()) if name == "paper" else default.get_config()
+  config = default.get_config(f"model={name}")
   model = UNet(dataclasses.replace(UNetConfig.from_config(config), dtype=dtype, dropout=0.0))
   params = jax.eval_shape(lambda: state_lib.init_params(config, UNet(UNetConfig.from_config(config))))
   size, channels = config.data.image_size, config.data.num_channels
@@ -67,6 +68,19 @@ def fill(path: str) -> None:
   common.write_json(path, payload)
 
 
+def main(paths: list[str]) -> int:
+  """Fills each result file named; `--help` or no file prints the usage. Returns the exit status."""
+  if not paths or any(p in ("-h", "--help") for p in paths):
+    print(__doc__.strip())
+    return 0 if paths else 2
+  missing = [p for p in paths if not p.endswith(".json") or not os.path.isfile(p)]
+  if missing:
+    print(f"error: not a result file: {missing[0]}", file=sys.stderr)
+    return 2
+  for path in paths:
+    fill(path)
+  return 0
+
+
 if __name__ == "__main__":
-  for argument in sys.argv[1:]:
-    fill(argument)
+  sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 r"""ResNet-18 baseline on PneumoniaMNIST: the data settings of configs/pneumoniamnist.py, scored by the same metrics.
 
-  python -m medfusion.baseline --config=configs/pneumoniamnist_resnet.py --workdir=runs/pneumonia_resnet
+  python -m medfusion.train --config=configs/pneumoniamnist_resnet.py --workdir=runs/pneumonia_resnet
 
 The discriminative row of the "Real data" table. 552 steps at batch 128 are 15 epochs of the 4,707 training images;
 metrics_val.json in the workdir holds the best checkpoint (by val AUC) on the whole val split.

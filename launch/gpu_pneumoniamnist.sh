@@ -25,14 +25,12 @@ variant() {  # variant NAME OVERRIDES: train, export, sweep
   "$py" -m medfusion.train --config=configs/pneumoniamnist.py --workdir="runs/$name" $data $overrides \
     --config.train.progress_bar=False > "runs/$name.log" 2>&1
   echo "== $name: train exit status $?, wall time $((SECONDS - start)) s ($overrides)"
-  # shellcheck disable=SC2086
-  "$py" -m medfusion.export --config=configs/pneumoniamnist.py --workdir="runs/$name" --output="pretrained/$name" \
-    $data $overrides > /dev/null 2>&1
-  cp "runs/$name/metrics.jsonl" "runs/$name/config.json" "runs/$name.log" "pretrained/$name/"
-  # shellcheck disable=SC2086
-  "$py" -m medfusion.sweep --config=configs/pneumoniamnist.py --workdir="pretrained/$name" --split=val \
-    --output="sweeps/$name" $data $overrides --config.classify.num_draws=64 --config.classify.batch_size=128 \
-    --config.classify.chunk_size=1024 --max_examples="${SWEEP_EXAMPLES:-0}" 2>&1 | tail -1
+  # export and sweep read the run's own config.json (its overrides included)
+  "$py" -m medfusion.export --workdir="runs/$name" --output="pretrained/$name" > /dev/null 2>&1
+  cp "runs/$name/metrics.jsonl" "runs/$name.log" "pretrained/$name/"
+  "$py" -m medfusion.sweep --workdir="pretrained/$name" --split=val --output="sweeps/$name" \
+    --config.classify.num_draws=64 --config.classify.batch_size=128 --config.classify.chunk_size=1024 \
+    --max_examples="${SWEEP_EXAMPLES:-0}" 2>&1 | tail -1
   echo "== $name: done at $((SECONDS - start)) s"
 }
 

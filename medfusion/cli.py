@@ -1,6 +1,8 @@
-"""What every entry point shares: the --config flag, logging, runtime settings, and one-line errors."""
+"""What every entry point shares: the --config flag, --help, logging, runtime settings, and one-line errors."""
 
+import importlib.util
 import logging
+import os
 import re
 import sys
 
@@ -12,13 +14,33 @@ from medfusion import errors, runtime
 USER_ERRORS = (errors.UserError, OSError, FloatingPointError)
 
 
+_STORED_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stored_config.py")
+_config_from_workdir = False  # set by define_model_flags: no --config means the model's own config.json
+
+
 def define_config_flag(help_text: str) -> None:
   """--config=configs/X.py[:arg] with --config.field=value overrides; a misspelt field is an error."""
   config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
 
 
+def define_model_flags(split: bool = True) -> None:
+  """The flags of commands that use a trained diffusion model: --config (optional: by default the model's own
+  config.json, so overrides it was trained with carry over), --workdir, --output and, with `split`, --split and
+  --max_examples."""
+  global _config_from_workdir
+  _config_from_workdir = True
+  define_config_flag("Config file; default: the model's own WORKDIR/config.json. --config.x=v overrides a field.")
+  flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is used) or an exported model folder.")
+  flags.DEFINE_string("output", None, "Output folder.")
+  if split:
+    flags.DEFINE_string("split", "val", "Split to use (train, val, test).")
+    flags.DEFINE_integer("max_examples", 0, "Only the first N images of the split (0: all).")
+  flags.mark_flags_as_required(["workdir", "output"])
+
+
 def setup(config) -> None:
   """Logging to stderr and process-wide XLA settings; call before the first JAX operation."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (tfds data) start-up chatter
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):  # library chatter, incl. tfds and orbax via absl
     logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -32,6 +54,7 @@ def start(argv, distributed: bool = False):
     raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = flags.FLAGS.config
   setup(config)
+  _classes_from_names(config)
   from medfusion import configcheck
 
   configcheck.check(config)
@@ -42,14 +65,61 @@ def start(argv, distributed: bool = False):
   return config
 
 
+def _classes_from_names(config) -> None:
+  """`--config.data.class_names=a,b,c` (one comma-separated string) is the tuple ('a', 'b', 'c'), and
+  data.num_classes follows the names unless it is given on the command line too."""
+  data = config.get("data")
+  if data is None:
+    return
+  names = tuple(n.strip() for name in data.class_names for n in str(name).split(",") if n.strip())
+  if names != tuple(data.class_names):
+    data.class_names = names
+  if _value(sys.argv, "config.data.num_classes") is None:
+    data.num_classes = len(data.class_names)
+
+
 def fail(message: str, status: int = 2) -> None:
   """Prints `error: message` as one line on stderr and exits with `status`."""
   print("error: " + re.sub(r"\s+", " ", message).strip(), file=sys.stderr)
   sys.exit(status)
 
 
+def _value(argv, name: str) -> str | None:
+  """The value of --name=value or --name value in argv (the last one wins), else None."""
+  found = None
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{name}="):
+      found = arg.split("=", 1)[1]
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      found = argv[i + 1]
+  return found
+
+
+def _with_stored_config(argv):
+  """argv with --config=medfusion/stored_config.py:WORKDIR added where a model command got no --config."""
+  if not _config_from_workdir or _value(argv, "config") is not None:
+    return argv
+  workdir = _value(argv, "workdir")
+  if workdir is None:
+    fail("--workdir is required (the model's folder; its config.json is used unless --config is given)")
+  return [argv[0], f"--config={_STORED_CONFIG}:{workdir}", *argv[1:]]
+
+
+HELP_FLAGS = ("--help", "-h", "--helpshort", "-?")
+
+
 def _parse_flags(argv):
   """absl flag parsing where a bad flag, config file or `--config.x=v` override is a one-line error."""
+  if any(a in HELP_FLAGS for a in argv[1:]):
+    try:
+      print_help([a for a in argv if a not in HELP_FLAGS])
+    except BrokenPipeError:  # `--help | head`
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+  argv = _with_stored_config(argv)
+  config_file = (_value(argv, "config") or "").partition(":")[0]
+  if config_file and not os.path.isfile(config_file):
+    fail(f"--config: no such config file: {config_file}")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -59,7 +129,70 @@ def _parse_flags(argv):
     fail(message)
   except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
     overrides = " ".join(a for a in argv[1:] if a.startswith("--config"))
-    fail(f"bad config ({overrides}): {str(e).replace(chr(92) + 'n', ' ').strip(chr(39))}")
+    message = str(e)
+    while len(message) > 1 and message[0] == message[-1] and message[0] in "'\"":  # KeyError's quoted repr
+      message = message[1:-1]
+    message = message.replace("\\'", "'").replace("\\n", " ")
+    fail(f"bad config override ({overrides}): {message}")
+
+
+# --- --help ----------------------------------------------------------------------------------------------------------
+
+_FIELD_LINE = re.compile(r"^\s*config\.([\w.]+)\s*=.*?#\s*(.+)$")
+
+
+def _field_docs(paths) -> dict[str, str]:
+  """'data.fit' -> its comment, from `config.data.fit = ...  # comment` lines of the config files."""
+  docs = {}
+  for path in paths:
+    try:
+      with open(path) as f:
+        for line in f:
+          match = _FIELD_LINE.match(line)
+          if match:
+            docs.setdefault(match.group(1), match.group(2).strip())
+    except OSError:
+      continue
+  return docs
+
+
+def _flatten(config, prefix=""):
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      yield from _flatten(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def print_help(argv) -> None:
+  """The command's docstring (what it does, an example), its flags, and with --config the config's fields with
+  their values and meanings."""
+  main = sys.modules["__main__"]
+  print((main.__doc__ or "").strip() + "\n\nflags:")
+  by_module = flags.FLAGS.flags_by_module_dict()
+  own = {f.name: f for m in (__name__, sys.argv[0]) for f in by_module.get(m, [])}
+  for flag in [flags.FLAGS["config"], *(f for name, f in own.items() if name != "config")]:
+    default = "" if flag.default is None else f" (default: {flag.default})"
+    print(f"  --{flag.name}: {flag.help}{default}")
+  path = _value(argv, "config") or (f"{_STORED_CONFIG}:{_value(argv, 'workdir')}" if _value(argv, "workdir") else "")
+  if not path:
+    print("\nGive --config=configs/X.py (or, for model commands, --workdir) with --help to list its fields.")
+    return
+  file, _, arg = path.partition(":")
+  try:
+    spec = importlib.util.spec_from_file_location("help_config", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # noqa: BLE001 - help must not crash on a bad config
+    print(f"\n(cannot load {path}: {e})")
+    return
+  default_py = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "default.py")
+  docs = _field_docs([file, default_py])
+  print(f"\nconfig fields of {path} (override with --config.FIELD=VALUE):")
+  for name, value in _flatten(config):
+    note = f"  # {docs[name]}" if name in docs else ""
+    print(f"  {name} = {value!r}{note}")
 
 
 def run(main) -> None:

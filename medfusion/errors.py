@@ -9,5 +9,5 @@ class ConfigError(UserError):
   """A config field with a value medfusion cannot use; the message names the field."""
 
 
-class Interrupted(Exception):
+class Interrupted(KeyboardInterrupt):
   """Ctrl-C or SIGTERM stopped a command; the message says what was kept and how to continue (exit status 130)."""

@@ -1,7 +1,8 @@
 r"""Exports a workdir's best EMA parameters (no optimizer state), calibration and config as a shippable model.
 
-  python -m medfusion.export --config=configs/pneumoniamnist.py --workdir=runs/pneumonia \
-      --output=pretrained/pneumoniamnist
+  python -m medfusion.export --workdir=runs/pneumonia --output=pretrained/pneumoniamnist
+
+The workdir's own config.json is used unless --config is given.
 
 The output folder (with a SHA-256 manifest of its parameter files, checked at load) works as `--workdir` for
 medfusion.score and medfusion.sweep.
@@ -11,10 +12,7 @@ from absl import flags
 
 from medfusion import cli
 
-cli.define_config_flag("The config the model was trained with.")
-flags.DEFINE_string("workdir", None, "Training workdir.")
-flags.DEFINE_string("output", None, "Folder for the exported model.")
-flags.mark_flags_as_required(["config", "workdir", "output"])
+cli.define_model_flags(split=False)
 FLAGS = flags.FLAGS
 
 

@@ -174,6 +174,9 @@ def softmax_with_temperature(logits: ArrayLike, temperature: float) -> np.ndarra
   return scipy.special.softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=-1)
 
 
+LOG_TEMPERATURE_BOUND = 12.0  # fit_temperature searches log T in [-bound, bound]
+
+
 def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
   """The temperature T > 0 that minimises the mean NLL of softmax(logits / T) on held-out labels.
 
@@ -191,12 +194,18 @@ def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
   def nll(log_t: float) -> float:
     return -scipy.special.log_softmax(logits / np.exp(log_t), axis=1)[rows, labels].mean()
 
-  step = 0.25
-  grid = np.arange(-12.0, 12.0 + step / 2, step)
+  step, bound = 0.25, LOG_TEMPERATURE_BOUND
+  grid = np.arange(-bound, bound + step / 2, step)
   best = grid[np.argmin([nll(log_t) for log_t in grid])]
-  bounds = (max(best - step, -12.0), min(best + step, 12.0))
+  bounds = (max(best - step, -bound), min(best + step, bound))
   result = scipy.optimize.minimize_scalar(nll, bounds=bounds, method="bounded", options={"xatol": 1e-6})
   return float(np.exp(result.x))
+
+
+def temperature_is_degenerate(temperature: float) -> bool:
+  """True when a fitted temperature sits at the edge of the search: the logits carried no usable signal (an
+  untrained model: every probability ~1/C) or separated the labels perfectly (T -> 0)."""
+  return abs(np.log(temperature)) >= LOG_TEMPERATURE_BOUND - 0.25
 
 
 def vote_entropy(votes: ArrayLike) -> np.ndarray:

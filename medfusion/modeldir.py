@@ -82,6 +82,12 @@ def _check_finite(loaded: LoadedModel) -> None:
       raise ModelError(f"{loaded.description}: parameter {name} holds NaN or infinite values")
 
 
+def write_manifest(model_dir: str) -> None:
+  """`model_dir/manifest.json`: the SHA-256 of every file under `model_dir/params`."""
+  digests = _file_digests(os.path.join(model_dir, checkpoint.EXPORT_DIR))
+  write_json_atomic(os.path.join(model_dir, MANIFEST), {"sha256": digests})
+
+
 def _file_digests(directory: str) -> dict[str, str]:
   """SHA-256 of every file under `directory`, by path relative to its parent."""
   parent = os.path.dirname(os.path.abspath(directory))
@@ -113,9 +119,7 @@ def export(config, workdir: str, output: str) -> int:
   loaded = load_ema_params(config, workdir)
   os.makedirs(output, exist_ok=True)
   checkpoint.export_params(loaded.params, output)
-  write_json_atomic(
-    os.path.join(output, MANIFEST), {"sha256": _file_digests(os.path.join(output, checkpoint.EXPORT_DIR))}
-  )
+  write_manifest(output)
   write_json_atomic(os.path.join(output, EXPORT_META), {"checkpoint_step": loaded.step, "source_workdir": workdir})
   write_json_atomic(os.path.join(output, "config.json"), json.loads(config.to_json_best_effort()))
   calibration = os.path.join(workdir, CALIBRATION_FILE)

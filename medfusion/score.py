@@ -1,7 +1,8 @@
 r"""Scores a split with a trained diffusion classifier.
 
-  python -m medfusion.score --config=configs/pneumoniamnist.py --workdir=W --split=val --output=OUT
+  python -m medfusion.score --workdir=pretrained/pneumoniamnist --split=val --output=OUT
 
+The model's own config (WORKDIR/config.json) is used unless --config is given; --config.x=v overrides a field.
 Writes OUT/scores.csv (one row per image), OUT/metrics.json and OUT/risk_coverage.png. Started again with the
 same arguments after an interruption, it continues where it stopped. `--config.data.npz=/path/file.npz` scores
 any MedMNIST-layout file (e.g. the full download, whose test split is not bundled).
@@ -13,12 +14,7 @@ from absl import flags
 
 from medfusion import cli
 
-cli.define_config_flag("The config the model was trained with.")
-flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is used) or an exported model folder.")
-flags.DEFINE_string("split", "val", "Split to score (train, val, test).")
-flags.DEFINE_string("output", None, "Output folder.")
-flags.DEFINE_integer("max_examples", 0, "Score only the first N images (0: all).")
-flags.mark_flags_as_required(["config", "workdir", "output"])
+cli.define_model_flags()
 FLAGS = flags.FLAGS
 
 

@@ -1,7 +1,7 @@
 r"""Accuracy against the number of draws (mean vs vote) and against the timestep of a draw, for one split.
 
-  python -m medfusion.sweep --config=configs/pneumoniamnist.py --workdir=pretrained/pneumoniamnist --split=val \
-      --output=OUT --config.classify.num_draws=64
+  python -m medfusion.sweep --workdir=pretrained/pneumoniamnist --split=val --output=OUT \
+      --config.classify.num_draws=64
 
 Evaluates the first K = config.classify.num_draws draws of medfusion.score on every class once, then writes
 OUT/errors.npz (errors [N, C, K], t [N, K], labels), OUT/sweep.json, OUT/k_sweep.png (accuracy of the mean and
@@ -16,12 +16,7 @@ from absl import flags
 
 from medfusion import cli
 
-cli.define_config_flag("The config the model was trained with.")
-flags.DEFINE_string("workdir", None, "Training workdir (its best checkpoint is used) or an exported model folder.")
-flags.DEFINE_string("split", "val", "Split to evaluate.")
-flags.DEFINE_string("output", None, "Output folder.")
-flags.DEFINE_integer("max_examples", 0, "Only the first N images (0: all).")
-flags.mark_flags_as_required(["config", "workdir", "output"])
+cli.define_model_flags()
 FLAGS = flags.FLAGS
 
 

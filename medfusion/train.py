@@ -1,9 +1,11 @@
-r"""Trains a class-conditional diffusion model.
+r"""Trains the model a config describes: the class-conditional diffusion model, or the discriminative ResNet
+baseline (configs/*_resnet.py).
 
   python -m medfusion.train --config=configs/pneumoniamnist.py --workdir=runs/pneumonia [--config.train.steps=2000]
+  python -m medfusion.train --config=configs/pneumoniamnist_resnet.py --workdir=runs/pneumonia_resnet
 
 Relaunching with the same workdir resumes from its newest checkpoint. Ctrl-C or SIGTERM finishes the current step,
-saves a checkpoint and exits; a second one exits at once.
+saves a checkpoint and exits; a second one exits at once. A finished ResNet run also writes metrics_val.json.
 """
 
 from absl import flags
@@ -19,9 +21,11 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   config = cli.start(argv, distributed=FLAGS.distributed)
-  from medfusion.training import diffusion
+  from medfusion.evaluation import evaluators
+  from medfusion.training import diffusion, resnet
 
-  diffusion.train_and_evaluate(config, FLAGS.workdir)
+  trainer = diffusion if evaluators.model_kind(config) == "diffusion" else resnet
+  trainer.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

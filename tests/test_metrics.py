@@ -128,6 +128,15 @@ def test_fit_temperature_recovers_known_temperature(scale):
   assert fitted == pytest.approx(scale * true_temperature, rel=0.2)
 
 
+def test_degenerate_temperature_fits_are_flagged():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 200)
+  no_signal = np.zeros((200, 2))  # an untrained model: every class the same error
+  assert metrics.temperature_is_degenerate(metrics.fit_temperature(no_signal, labels))
+  informative = np.stack([-labels, labels - 1], axis=1) * 0.01 + rng.normal(0, 0.01, (200, 2))
+  assert not metrics.temperature_is_degenerate(metrics.fit_temperature(informative, labels))
+
+
 def test_softmax_with_temperature_is_stable():
   probs = metrics.softmax_with_temperature(np.array([[1000.0, 0.0], [-1e-3, 0.0]]), 1e-3)
   np.testing.assert_allclose(probs, [[1.0, 0.0], [1 / (1 + math.e), math.e / (1 + math.e)]])

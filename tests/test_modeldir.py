@@ -48,8 +48,7 @@ def test_damaged_exported_model_fails_in_one_line_and_writes_nothing(tmp_path, t
 
 def _export(params, directory, step=7):
   checkpoint.export_params(params, str(directory))
-  digests = modeldir._file_digests(os.path.join(directory, checkpoint.EXPORT_DIR))
-  (directory / modeldir.MANIFEST).write_text(json.dumps({"sha256": digests}))
+  modeldir.write_manifest(str(directory))
   (directory / modeldir.EXPORT_META).write_text(json.dumps({"checkpoint_step": step}))
 
 
@@ -100,3 +99,13 @@ def test_unfitted_split_falls_back_with_a_warning(tmp_path, caplog):
   assert temperature == 1.0 and "fallback" in source
   assert "No temperature fitted" in caplog.text
   assert not os.listdir(tmp_path)
+
+
+def test_empty_best_folder_falls_back_to_the_latest_and_says_so(lesion_model, tmp_path):
+  config, workdir = lesion_model
+  copy = tmp_path / "w"
+  shutil.copytree(workdir, copy)
+  for step in os.listdir(copy / "best"):
+    shutil.rmtree(copy / "best" / step)
+  loaded = modeldir.load_ema_params(config, str(copy))
+  assert loaded.which == "latest: best/ is empty" and loaded.path.endswith(f"checkpoints/{loaded.step}")

@@ -114,7 +114,8 @@ def _restore(config, workdir):
 
 
 def test_killed_and_resumed_training_is_bit_identical(tmp_path, tfds_dir):
-  """Killed three times (SIGKILL, possibly mid-save; SIGTERM; SIGKILL); the end state equals an uninterrupted run."""
+  """Killed four times (SIGKILL, possibly mid-save; SIGTERM; SIGINT; SIGKILL); the end state equals an
+  uninterrupted run's."""
   overrides = {"steps": 20, "checkpoint_every": 3, "log_every": 1, "progress_bar": False}
   config = train_losses_script.tiny_config(tfds_dir)
   config.train.update(overrides)
@@ -136,14 +137,15 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tfds_dir):
     "--config.evals.loss.every=10",
     "--config.evals.classify.every=10",
   ]
-  for kill_after, sig in ((4, signal.SIGKILL), (9, signal.SIGTERM), (14, signal.SIGKILL)):
+  interrupts = ((4, signal.SIGKILL), (9, signal.SIGTERM), (11, signal.SIGINT), (14, signal.SIGKILL))
+  for kill_after, sig in interrupts:
     proc = _start(args)
     _wait_for(lambda k=kill_after: _last_step(workdir) >= k, proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    if sig == signal.SIGTERM:
+    if sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C behaves like a preemption notice
       assert proc.returncode == 0, stderr[-2000:]
-      assert "SIGTERM: saved a checkpoint" in stderr
+      assert f"{sig.name}: saved a checkpoint" in stderr and "Traceback" not in stderr, stderr[-2000:]
     else:
       assert proc.returncode == -signal.SIGKILL
   proc = _start(args)
@@ -250,3 +252,60 @@ def test_shipped_model_scores_alike_in_bfloat16_and_float32(tfds_dir):
     fp32, bf16 = predictions["float32"][name], predictions["bfloat16"][name]
     assert np.mean(fp32 == bf16) >= 0.99, (name, np.mean(fp32 == bf16))
     assert np.mean(fp32 == split.labels) >= 0.85, (name, np.mean(fp32 == split.labels))  # the model classifies
+
+
+def test_ctrl_c_during_compilation_exits_cleanly(tmp_path, tfds_dir):
+  """SIGINT while the first step compiles: the process saves after that step (or says nothing was trained yet)
+  and exits without a traceback or a crash."""
+  workdir = tmp_path / "w"
+  log = tmp_path / "stderr.txt"
+  args = [
+    "-m",
+    "medfusion.train",
+    "--config=configs/pneumoniamnist.py:smoke",
+    f"--workdir={workdir}",
+    f"--config.data.tfds_data_dir={tfds_dir}",
+    "--config.train.steps=500",
+  ]
+  with open(log, "w") as stderr:
+    proc = subprocess.Popen(
+      [sys.executable, *args],
+      cwd=ROOT,
+      env={**os.environ, "PYTHONPATH": ROOT},
+      stdout=subprocess.DEVNULL,
+      stderr=stderr,
+    )
+    deadline = time.time() + 300
+    while "parameters;" not in log.read_text() and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=300)
+  text = log.read_text()
+  assert "Traceback" not in text and "Fatal Python error" not in text, text[-3000:]
+  assert proc.returncode in (0, 130), text[-3000:]
+  if proc.returncode == 0:
+    assert "SIGINT: saved a checkpoint at step" in text
+    assert _last_step(str(workdir)) < 500
+
+
+def test_help_exits_0_with_the_commands_flags_and_the_config_fields():
+  proc = run_python(["-m", "medfusion.train", "--help", "--config=configs/pneumoniamnist.py:smoke"], check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "python -m medfusion.train" in proc.stdout and "--workdir" in proc.stdout
+  assert "classify.num_draws = 8  # K (timestep, noise) draws per image" in proc.stdout
+  proc = run_python(["-m", "medfusion.score", "--help"], check=False)
+  assert proc.returncode == 0 and "--max_examples" in proc.stdout
+
+
+def test_config_messages_name_the_culprit(tmp_path):
+  train = ["-m", "medfusion.train", f"--workdir={tmp_path}"]
+  proc = run_python([*train, "--config=configs/nope.py"], check=False)
+  assert_one_line_error(proc, "no such config file: configs/nope.py")
+  proc = run_python([*train, "--config=configs/pneumoniamnist.py:smoke", "--config.train.stepz=3"], check=False)
+  assert_one_line_error(proc, "'stepz'", 'Did you mean "steps"')
+  assert "\\" not in proc.stderr
+  proc = run_python(
+    [*train, "--config=configs/pneumoniamnist.py:smoke", "--config.data.class_names=a,b,c", "--config.train.steps=0"],
+    check=False,
+  )
+  assert_one_line_error(proc, "config.train.steps=0")  # three comma-separated names passed the class check

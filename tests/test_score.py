@@ -120,6 +120,8 @@ def test_sweep_reuses_the_scoring_draws(scored, tmp_path):
   assert sweep["k_sweep"]["vote"][-1] == pytest.approx(result["vote"]["accuracy"])
   assert sweep["k_sweep"]["mean"][-1] == pytest.approx(result["mean"]["accuracy"])
   assert sum(sweep["t_profile"]["draws"]) == 64 * k
+  with open(tmp_path / "sweep.json") as f:  # strict JSON: no bare NaN for empty t bins
+    json.load(f, parse_constant=lambda name: pytest.fail(f"sweep.json holds {name}"))
   assert all(os.path.getsize(tmp_path / f) > 1000 for f in ("k_sweep.png", "t_profile.png"))
 
 
@@ -154,3 +156,25 @@ def test_classifier_evaluator_reports_what_scoring_reports(scored):
     for metric in ("accuracy", "balanced_accuracy", "f1"):
       assert logged[f"val/{aggregator}_{metric}"] == result[aggregator][metric]
   assert logged["val/mean_auc"] == pytest.approx(result["mean"]["auc"])  # binary AUC: any temperature
+
+
+def test_score_without_config_uses_the_models_own(scored, tmp_path, tfds_dir):
+  """The lesion model was trained with overrides (no attention, 450 steps); scoring it needs only --workdir."""
+  config, workdir, output, _ = scored
+  proc = run_python(
+    [
+      "-m",
+      "medfusion.score",
+      f"--workdir={workdir}",
+      "--split=val",
+      f"--output={tmp_path}",
+      "--max_examples=8",
+      f"--config.data.tfds_data_dir={tfds_dir}",
+    ]
+  )
+  assert "Using checkpoint" in proc.stderr and "(step 450, best)" in proc.stderr
+  first = read_csv(os.path.join(output, "scores.csv"))[:8]
+  again = read_csv(os.path.join(tmp_path, "scores.csv"))
+  assert [r["votes_lesion"] for r in again] == [r["votes_lesion"] for r in first]
+  with open(tmp_path / "metrics.json") as f:
+    assert json.load(f)["checkpoint"] == "best"

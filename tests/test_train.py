@@ -91,3 +91,10 @@ def test_eight_simulated_devices_give_the_same_losses(tfds_dir):
   eight = json.loads(eight.stdout.splitlines()[-1])
   assert (jax.device_count(), eight["devices"]) == (1, 8)
   np.testing.assert_allclose(eight["losses"], one, rtol=1e-4)
+
+
+def test_checkpoints_are_also_time_based(tfds_dir, tmp_path):
+  """With checkpoint_minutes tiny, every step is saved although checkpoint_every is far off."""
+  config = smoke_config(tfds_dir, 100, steps=3, checkpoint_every=100, checkpoint_minutes=1e-9, keep_checkpoints=5)
+  diffusion.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]

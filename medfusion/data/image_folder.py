@@ -87,7 +87,7 @@ def read_split(root: str, split: str, num_channels: int, class_names: Sequence[s
       except (OSError, ValueError, SyntaxError) as e:
         if on_bad_file == "stop":
           raise DataError(
-            f"{file}: unreadable image ({type(e).__name__}: {e}); set on_bad_file='skip' to skip"
+            f"{file}: unreadable image ({type(e).__name__}: {e}); pass --config.data.on_bad_file=skip to skip them"
           ) from None
         skipped.append(str(file))
         continue

@@ -88,14 +88,14 @@ def _fit(images: np.ndarray, size: int, fit: str, what: str, nearest: bool = Fal
   return np.clip(np.round(np.concatenate(chunks)), 0, 255).astype(np.uint8)
 
 
-def _load_tfds(builder, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-  """Builds the dataset if needed and reads one split into memory, in file order."""
+def _load_tfds(builder, split: str, what: str, hint: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """Builds the dataset if needed and reads one split into memory, in file order; `what` names the data in errors."""
   _tensorflow()
   import tensorflow_datasets as tfds
 
   builder.download_and_prepare()
   if split not in builder.info.splits:
-    raise DataError(f"{builder.info.full_name}: no split '{split}'; available splits: {sorted(builder.info.splits)}")
+    raise DataError(f"{what}: no split '{split}' (it has {', '.join(sorted(builder.info.splits))}){hint}")
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   order = np.argsort(arrays["index"], kind="stable")
   masks = arrays["mask"][order] if "mask" in arrays else None
@@ -147,7 +147,7 @@ def load_split(data_config, split: str) -> Split:
   written by medfusion.prepare; needs no TensorFlow). tfds sources are built once into
   data_config.tfds_data_dir and read from there afterwards. Raises DataError for bad or missing data.
   """
-  source = data_config.source
+  source, hint = data_config.source, ""
   if source == "image_folder":
     loaded = _load_folder(data_config, split)
   elif source == "arrays":
@@ -159,13 +159,20 @@ def load_split(data_config, split: str) -> Split:
       builder = MedmnistNpz(
         npz_path=data_config.npz, num_classes=data_config.num_classes, data_dir=data_config.tfds_data_dir
       )
+      what = data_config.npz
+      if split == "test":
+        hint = (
+          "; the official MedMNIST test splits are not bundled: download the dataset's .npz from medmnist.com and "
+          "pass --config.data.npz=/path/to/file.npz"
+        )
     elif source == "synthetic_lesions":
       from medfusion.data.synthetic_lesions import SyntheticLesions
 
       builder = SyntheticLesions(config=data_config.synthetic_config, data_dir=data_config.tfds_data_dir)
+      what = f"synthetic_lesions ({data_config.synthetic_config})"
     else:
       raise ValueError(f"config.data.source={source!r} is not one of {SOURCES}")
-    images, labels, masks = _load_tfds(builder, split)
+    images, labels, masks = _load_tfds(builder, split, what, hint)
     what = f"{builder.info.full_name} split '{split}'"
     if images.shape[-1] != data_config.num_channels:
       found, expected = images.shape[-1], data_config.num_channels

@@ -18,7 +18,7 @@ import numpy as np
 from medfusion import metrics, modeldir, plots
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
-from medfusion.errors import UserError
+from medfusion.errors import Interrupted, UserError
 from medfusion.evaluation import driver, report
 from medfusion.evaluation.report import Totals
 from medfusion.writers import write_json_atomic
@@ -130,11 +130,15 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
   }
   partial = PartialScores(output, class_names, json.loads(json.dumps(fingerprint, default=list)))
   classifier = DiffusionClassifier(config, model.params, source=model.description)
-  with driver.progress_bar(n, f"score {split_name}", initial=len(partial.done)) as bar:
-    for totals in driver.classify_split(
-      classifier, split, n, config.classify.batch_size * 4, skip=partial.done, progress=bar.update
-    ):
-      partial.append(totals)
+  try:
+    with driver.progress_bar(n, f"score {split_name}", initial=len(partial.done)) as bar:
+      for totals in driver.classify_split(
+        classifier, split, n, config.classify.batch_size * 4, skip=partial.done, progress=bar.update
+      ):
+        partial.append(totals)
+  except KeyboardInterrupt:
+    kept = f"{len(partial.done)} of {n} images are kept in {partial.path}" if partial.done else "nothing was written"
+    raise Interrupted(f"{kept}; run the same command again to continue") from None
 
   totals = partial.totals(len(class_names))
   if temperature is None:

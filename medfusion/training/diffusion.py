@@ -4,9 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from medfusion import checkpoint, runtime, sharding
+from medfusion import runtime, sharding
 from medfusion.diffusion import losses, schedules
-from medfusion.evaluation import evaluators
 from medfusion.training import loop, optim
 from medfusion.training import state as state_lib
 
@@ -46,35 +45,18 @@ def make_train_step(config, model, optimizer, mesh):
   return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
 
+def make_parts(config, mesh) -> loop.Parts:
+  model = state_lib.make_model(config)
+  optimizer = state_lib.make_optimizer(config.train)
+  rep = sharding.replicated(mesh)
+  return loop.Parts(
+    abstract_state=state_lib.abstract_state(config, model, optimizer, rep),
+    init_state=lambda: runtime.run_once(lambda: state_lib.init_state(config, model, optimizer), rep),
+    train_step=make_train_step(config, model, optimizer, mesh),
+    variables=lambda state: state.ema_params,
+  )
+
+
 def train_and_evaluate(config, workdir: str):
   """Trains `config` in `workdir`, resuming from its newest checkpoint; returns the final TrainState."""
-  interrupts = loop.Interrupts()
-  try:
-    mesh, train_split, eval_split = loop.start_run(config, workdir)
-    model = state_lib.make_model(config)
-    optimizer = state_lib.make_optimizer(config.train)
-    rep = sharding.replicated(mesh)
-    t = config.train
-    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.best_metric, t.best_mode)
-    abstract = state_lib.abstract_state(config, model, optimizer, rep)
-    state = loop.restore_or_init(
-      ckpts,
-      abstract,
-      lambda: runtime.run_once(lambda: state_lib.init_state(config, model, optimizer), rep),
-      workdir,
-      interrupts,
-    )
-    return loop.train_loop(
-      config,
-      workdir,
-      mesh,
-      state,
-      make_train_step(config, model, optimizer, mesh),
-      evaluators.build(config, eval_split, mesh),
-      lambda s: s.ema_params,
-      ckpts,
-      train_split,
-      interrupts,
-    )
-  finally:
-    interrupts.restore()
+  return loop.train_and_evaluate(config, workdir, make_parts)

@@ -1,10 +1,12 @@
 """What every trainer shares: the run's prologue, restore-or-init, interrupts, and the train loop itself.
 
-A trainer (`diffusion.py`, `resnet.py`) supplies its state, its jitted train step and the variables its
-evaluators read; this module runs steps, logs, evaluates, keeps the best checkpoint and resumes.
+A trainer (`diffusion.py`, `resnet.py`) supplies `Parts`: its state's shapes and initialiser, its jitted train
+step and the variables its evaluators read; `train_and_evaluate` here runs steps, logs, evaluates, keeps the best
+checkpoint, saves on interrupts and resumes.
 """
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -15,7 +17,7 @@ import jax
 import numpy as np
 import tqdm
 
-from medfusion import sharding
+from medfusion import checkpoint, sharding
 from medfusion.data import pipeline
 from medfusion.errors import ConfigError, Interrupted
 from medfusion.evaluation import evaluators as evaluators_lib
@@ -64,6 +66,32 @@ class Interrupts:
       signal.signal(s, previous)
 
 
+@dataclasses.dataclass(frozen=True)
+class Parts:
+  """What a trainer supplies to the shared loop."""
+
+  abstract_state: object  # shapes, dtypes and shardings of the train state (for restores)
+  init_state: object  # () -> a fresh train state
+  train_step: object  # jitted (state, batch) -> (state, metrics with a 'loss')
+  variables: object  # state -> what the evaluators apply (the EMA parameters; params and batch statistics)
+
+
+def train_and_evaluate(config, workdir: str, make_parts) -> object:
+  """Trains `config` in `workdir`, resuming from its newest checkpoint; `make_parts(config, mesh)` -> Parts.
+  Returns the final train state."""
+  interrupts = Interrupts()
+  try:
+    mesh, train_split, eval_split = start_run(config, workdir)
+    parts = make_parts(config, mesh)
+    t = config.train
+    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.best_metric, t.best_mode)
+    state = restore_or_init(ckpts, parts.abstract_state, parts.init_state, workdir, interrupts)
+    evaluators = evaluators_lib.build(config, eval_split, mesh)
+    return train_loop(config, workdir, mesh, state, parts, evaluators, ckpts, train_split, interrupts)
+  finally:
+    interrupts.restore()
+
+
 def start_run(config, workdir: str):
   """The prologue of every trainer: (mesh, train split, eval split), with config.json written to the workdir once
   the data has loaded (bad data fails before anything is written)."""
@@ -98,9 +126,9 @@ def restore_or_init(ckpts, abstract_state, init_fn, workdir: str, interrupts: In
   return state
 
 
-def train_loop(config, workdir: str, mesh, state, train_step, evaluators, variables_fn, ckpts, train_split, interrupts):
+def train_loop(config, workdir: str, mesh, state, parts: Parts, evaluators, ckpts, train_split, interrupts):
   """Steps from `state.step` to `config.train.steps`: logging, the evaluators (`evaluators_lib.run(e,
-  variables_fn(state))`), the best checkpoint by `config.train.best_metric`, checkpoints every
+  parts.variables(state))`), the best checkpoint by `config.train.best_metric`, checkpoints every
   `checkpoint_every` steps and every `checkpoint_minutes`, and interrupts. Returns the final state."""
   start, last = int(state.step), config.train.steps
   writer = MetricWriter(workdir, resume_step=start)
@@ -115,7 +143,7 @@ def train_loop(config, workdir: str, mesh, state, train_step, evaluators, variab
   tick, tick_step, saved_at = time.perf_counter(), start, time.monotonic()
   try:
     for step in range(start + 1, last + 1):
-      state, metrics = train_step(state, sharding.to_global(mesh, next(batches)))
+      state, metrics = parts.train_step(state, sharding.to_global(mesh, next(batches)))
       in_flight.append(metrics)
       if len(in_flight) > STEPS_IN_FLIGHT:
         jax.block_until_ready(in_flight.popleft())
@@ -132,8 +160,8 @@ def train_loop(config, workdir: str, mesh, state, train_step, evaluators, variab
         tick, tick_step = time.perf_counter(), step
       eval_metrics = {}
       for evaluator in evaluators:
-        if evaluators_lib.due(evaluator, step, last):
-          eval_metrics.update(evaluators_lib.run(evaluator, variables_fn(state)))
+        if evaluators_lib.due(evaluator, step, last) and not interrupts.requested:  # an interrupt saves first
+          eval_metrics.update(evaluators_lib.run(evaluator, parts.variables(state)))
       if eval_metrics:
         writer.write(step, eval_metrics)
         ckpts.save_if_best(step, state, meta, eval_metrics)

@@ -145,40 +145,27 @@ def make_train_step(config, model, optimizer, mesh):
   return jax.jit(train_step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
 
 
+def make_parts(config, mesh) -> loop.Parts:
+  model = ResNet(ResNetConfig.from_config(config))
+  optimizer = make_optimizer(config)
+  rep = sharding.replicated(mesh)
+  return loop.Parts(
+    abstract_state=abstract_state(config, model, optimizer, rep),
+    init_state=lambda: runtime.run_once(lambda: init_state(config, model, optimizer), rep),
+    train_step=make_train_step(config, model, optimizer, mesh),
+    variables=variables,
+  )
+
+
 def train_and_evaluate(config, workdir: str):
   """Trains `config` in `workdir`, resuming from its newest checkpoint, and writes `metrics_val.json`.
 
   metrics_val.json holds the best checkpoint's metrics on the whole eval split, `n` and `seconds_per_image`
   (inference with a warm jit, batches of the classification evaluator's batch size). Returns the final state.
   """
-  interrupts = loop.Interrupts()
-  try:
-    mesh, train_split, eval_split = loop.start_run(config, workdir)
-    model = ResNet(ResNetConfig.from_config(config))
-    optimizer = make_optimizer(config)
-    rep = sharding.replicated(mesh)
-    abstract = abstract_state(config, model, optimizer, rep)
-    t = config.train
-    ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.best_metric, t.best_mode)
-    state = loop.restore_or_init(
-      ckpts, abstract, lambda: runtime.run_once(lambda: init_state(config, model, optimizer), rep), workdir, interrupts
-    )
-    state = loop.train_loop(
-      config,
-      workdir,
-      mesh,
-      state,
-      make_train_step(config, model, optimizer, mesh),
-      evaluators.build(config, eval_split, mesh),
-      variables,
-      ckpts,
-      train_split,
-      interrupts,
-    )
-  finally:
-    interrupts.restore()
+  state = loop.train_and_evaluate(config, workdir, make_parts)
   if int(state.step) == config.train.steps:
-    _write_best_metrics(config, workdir, abstract, eval_split, mesh)
+    _write_best_metrics(config, workdir)
   return state
 
 
@@ -187,9 +174,11 @@ def _batch_size(config) -> int:
   return next(e.batch_size for e in config.evals.values() if e.type == "classification")
 
 
-def _write_best_metrics(config, workdir: str, abstract, eval_split, mesh) -> None:
+def _write_best_metrics(config, workdir: str) -> None:
   """Scores the best checkpoint on the whole eval split and times its inference into metrics_val.json."""
-  best, best_step, which = checkpoint.restore_for_inference(workdir, abstract)
+  mesh = sharding.make_mesh()
+  best, best_step, which = _restore_best(config, workdir, mesh)
+  eval_split = pipeline.load_split(config.data, config.data.eval_split)
   predict_step, batch_size = evaluators.make_predict_step(config, mesh), _batch_size(config)
   first = next(pipeline.eval_batches(eval_split, batch_size))
   images = sharding.shared_to_global(mesh, {"image": first["image"]})["image"]
@@ -210,14 +199,18 @@ def _write_best_metrics(config, workdir: str, abstract, eval_split, mesh) -> Non
     write_json_atomic(os.path.join(workdir, "metrics_val.json"), result)
 
 
+def _restore_best(config, workdir: str, mesh):
+  """(state, step, which) of the workdir's best checkpoint (else its latest)."""
+  model = ResNet(ResNetConfig.from_config(config))
+  abstract = abstract_state(config, model, make_optimizer(config), sharding.replicated(mesh))
+  return checkpoint.restore_for_inference(workdir, abstract)
+
+
 def evaluate_split(config, workdir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(labels [N], softmax probabilities [N, C]) of the best checkpoint in `workdir` on `split`."""
   mesh = sharding.make_mesh()
   batch_size = _batch_size(config)
-  sharding.check_batch_size(batch_size, "the classification evaluator's batch_size")
-  model = ResNet(ResNetConfig.from_config(config))
-  abstract = abstract_state(config, model, make_optimizer(config), sharding.replicated(mesh))
-  state, _, _ = checkpoint.restore_for_inference(workdir, abstract)
+  state, _, _ = _restore_best(config, workdir, mesh)
   data = pipeline.load_split(config.data, split)
   return data.labels, evaluators.predict(
     evaluators.make_predict_step(config, mesh), variables(state), data, batch_size, mesh

@@ -1,0 +1,46 @@
+r"""The config a model was trained with, read back from its folder's config.json.
+
+  python -m medfusion.score --workdir=W --split=val --output=OUT   # uses --config=medfusion/stored_config.py:W
+
+`medfusion.score`, `medfusion.sweep` and `medfusion.export` load it when no `--config` is given, so a model trained
+with overrides is scored with the same ones; `--config.x=v` still overrides single fields. Paths in the file that
+are relative (as in the shipped models) are taken relative to the repository root, and `data.tfds_data_dir` (a
+cache) is this machine's default.
+"""
+
+import json
+import os
+import pathlib
+
+import ml_collections
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PLACEHOLDERS = {("classify", "temperature"): float}  # fields whose unset value (null) has a type
+
+
+def _from_json(value, path=()):
+  if isinstance(value, dict):
+    return ml_collections.ConfigDict({k: _from_json(v, (*path, k)) for k, v in value.items()})
+  if isinstance(value, list):
+    return tuple(_from_json(v, path) for v in value)
+  if value is None and path in PLACEHOLDERS:
+    return ml_collections.config_dict.placeholder(PLACEHOLDERS[path])
+  return value
+
+
+def get_config(workdir: str):
+  """The ConfigDict stored in `workdir/config.json` (a training workdir or an exported model)."""
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path) as f:
+      stored = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: cannot read the model's config ({e}); pass --config=configs/X.py") from None
+  config = _from_json(stored)
+  if "data" in config:
+    for field in ("npz", "folder"):
+      value = config.data.get(field)
+      if value and not os.path.isabs(value):
+        config.data[field] = str(REPO / value)
+    config.data.tfds_data_dir = str(pathlib.Path.home() / "tensorflow_datasets")
+  return config
