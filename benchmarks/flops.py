@@ -9,7 +9,6 @@ second, and divides by the peak stored in the same file. It adds `flops_filled_i
 this command) to each result and rewrites the file; measured fields are left as they were.
 """
 
-import dataclasses
 import functools
 import json
 import os
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 
 from benchmarks import common
 from configs import default
-from medfusion.models.unet import UNet, UNetConfig
+from medfusion.models import make_denoiser
 from medfusion.training import state as state_lib
 
 
@@ -28,8 +27,8 @@ from medfusion.training import state as state_lib
 def flops_per_evaluation(name: str, dtype: str) -> float:
   """XLA's FLOPs for one forward pass of the preset's UNet on one image (abstract parameters: nothing allocated)."""
   config = default.get_config(f"model={name}")
-  model = UNet(dataclasses.replace(UNetConfig.from_config(config), dtype=dtype, dropout=0.0))
-  params = jax.eval_shape(lambda: state_lib.init_params(config, UNet(UNetConfig.from_config(config))))
+  model = make_denoiser(config, dtype, 0.0)
+  params = jax.eval_shape(lambda: state_lib.init_params(config, make_denoiser(config)))
   size, channels = config.data.image_size, config.data.num_channels
   image = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
   labels, logsnr = jax.ShapeDtypeStruct((1,), jnp.int32), jax.ShapeDtypeStruct((1,), jnp.float32)

@@ -33,7 +33,7 @@ from configs import default
 from medfusion import runtime, sharding
 from medfusion.classify import draws, kernel
 from medfusion.diffusion import schedules
-from medfusion.models.unet import UNet, UNetConfig
+from medfusion.models import make_denoiser
 from medfusion.training import state as state_lib
 
 FLAGS = flags.FLAGS
@@ -86,7 +86,7 @@ def _prepare(spec: kernel.KernelSpec, images, indices, draw):
   return schedules.diffuse(images, eps, logsnr), eps, logsnr
 
 
-def _evaluate(model: UNet, spec: kernel.KernelSpec, params, images, z, eps, logsnr, labels):
+def _evaluate(model, spec: kernel.KernelSpec, params, images, z, eps, logsnr, labels):
   """One model call on a batch of images for one class: errors [L]."""
   out = model.apply({"params": params}, z, logsnr, labels)
   return kernel.pair_error(spec.error, out, images, eps, z, logsnr, spec.prediction)
@@ -95,7 +95,7 @@ def _evaluate(model: UNet, spec: kernel.KernelSpec, params, images, z, eps, logs
 class Loop:
   """The PyTorch code's structure: for each batch of L images, each draw (z_t made once), each class: one call."""
 
-  def __init__(self, model: UNet, spec: kernel.KernelSpec, params, num_classes: int, loop_batch: int):
+  def __init__(self, model, spec: kernel.KernelSpec, params, num_classes: int, loop_batch: int):
     self.spec, self.num_classes, self.loop_batch = spec, num_classes, loop_batch
     self.device = jax.devices()[0]  # one device, as the PyTorch code uses one GPU
     self.params = jax.device_put(params, self.device)
@@ -185,12 +185,12 @@ def throughput(name: str, dtype: str, peaks: dict) -> dict:
   config.classify.chunk_size = FLAGS.chunk_size or config.classify.chunk_size
   mesh = sharding.make_mesh()
   sharding.check_batch_size(b, "--batch_size")
-  model = UNet(dataclasses.replace(UNetConfig.from_config(config), dtype=dtype, dropout=0.0))
+  model = make_denoiser(config, dtype, 0.0)
   spec = kernel.KernelSpec.from_config(config)
   size, channels = config.data.image_size, config.data.num_channels
   print(f"[kernel] {name} {dtype}: B={b} K={k} C={c} image {size}x{size}x{channels}", file=sys.stderr, flush=True)
 
-  params = runtime.run_once(lambda: state_lib.init_params(config, UNet(UNetConfig.from_config(config))))
+  params = runtime.run_once(lambda: state_lib.init_params(config, make_denoiser(config)))
   # Perturb the zero-initialised output layers so the errors differ between classes (timing is unaffected).
   params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.key(1), p.shape, p.dtype), params)
   params = jax.device_put(params, sharding.replicated(mesh))
@@ -316,7 +316,7 @@ def early_stop(dtype: str) -> dict:
   seq, seq_pred, seq_s, seq_compile = score("sequential")
 
   lb = min(FLAGS.loop_batch, n)
-  loop_model = UNet(dataclasses.replace(UNetConfig.from_config(config), dtype=dtype, dropout=0.0))
+  loop_model = make_denoiser(config, dtype, 0.0)
   loop = Loop(loop_model, kernel.KernelSpec.from_config(config), params, c, lb)
   loop.load(images[:lb], indices[:lb])
   loop.first_calls()

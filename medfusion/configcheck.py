@@ -4,13 +4,12 @@ The choices and ranges live with the code that uses them: this builds each typed
 schedule, loss, kernel, classifier, evaluators) and lets it validate its own fields.
 """
 
-from medfusion import runtime
+from medfusion import models, runtime
 from medfusion.classify import classifier, kernel
 from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
 from medfusion.evaluation import evaluators
-from medfusion.models import unet
 from medfusion.training import loop, resnet
 
 
@@ -26,9 +25,7 @@ def check(config) -> None:
     return
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ConfigError(f"config.train.ema_decay={config.train.ema_decay!r} must be in [0, 1)")
-  if config.model.type != "unet":
-    raise ConfigError(f"config.model.type={config.model.type!r} is not one of ('unet',)")
-  unet.UNetConfig.from_config(config)
+  models.denoiser_config(config)
   schedules.Schedule.from_config(config.diffusion, config.data.image_size)
   losses.LossSpec.from_config(config.diffusion)
   kernel.KernelSpec.from_config(config)

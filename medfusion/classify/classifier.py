@@ -16,7 +16,8 @@ import numpy as np
 from medfusion import sharding
 from medfusion.classify import aggregate, kernel
 from medfusion.errors import ConfigError
-from medfusion.models.unet import DTYPES, UNet, UNetConfig
+from medfusion.models import make_denoiser
+from medfusion.models.unet import DTYPES
 
 Progress = Callable[[int], object] | None  # called with the number of images finished since the last call
 
@@ -113,9 +114,8 @@ class DiffusionClassifier:
     self.source = source
     self.mesh = mesh or sharding.make_mesh()
     sharding.check_batch_size(self.spec.batch_size, "config.classify.batch_size")
-    model_config = dataclasses.replace(UNetConfig.from_config(config), dtype=self.spec.dtype, dropout=0.0)
     self.kernel_spec = kernel.KernelSpec.from_config(config)
-    self.kernel = kernel.make_kernel(UNet(model_config), self.kernel_spec, self.mesh)
+    self.kernel = kernel.make_kernel(make_denoiser(config, self.spec.dtype, 0.0), self.kernel_spec, self.mesh)
     self.params = jax.device_put(params, sharding.replicated(self.mesh))
 
   def errors(self, images, indices, draw_ids, class_ids) -> np.ndarray:

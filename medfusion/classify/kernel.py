@@ -9,6 +9,7 @@ each device scores its own images with no communication.
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
@@ -17,7 +18,6 @@ from medfusion import sharding
 from medfusion.classify import draws
 from medfusion.diffusion import schedules
 from medfusion.errors import ConfigError
-from medfusion.models.unet import UNet
 
 ERRORS = ("eps_mse", "x_mse", "v_mse", "eps_l1")
 
@@ -82,7 +82,7 @@ class KernelSpec:
     )
 
 
-def local_errors(model: UNet, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
+def local_errors(model: nn.Module, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
   """Errors of one device's images: images [B,H,W,C], indices [B], draw_ids [B,R], class_ids [B,C'] -> [B,C',R]."""
   b, r, c = images.shape[0], draw_ids.shape[1], class_ids.shape[1]
   keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(indices)
@@ -114,7 +114,7 @@ def local_errors(model: UNet, spec: KernelSpec, params, images, indices, draw_id
 
 
 @functools.lru_cache(maxsize=8)
-def make_kernel(model: UNet, spec: KernelSpec, mesh):
+def make_kernel(model: nn.Module, spec: KernelSpec, mesh):
   """jit(shard_map(local_errors)): (params, images, indices, draw_ids, class_ids) -> errors [B, C', R].
 
   The batch (first) axis of every input is split over `mesh`'s data axis; params are replicated. Cached, so

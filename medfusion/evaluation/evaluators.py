@@ -25,8 +25,8 @@ from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
 from medfusion.evaluation import driver, report
+from medfusion.models import make_denoiser
 from medfusion.models.resnet import ResNet, ResNetConfig
-from medfusion.models.unet import UNet, UNetConfig
 
 COMMON_FIELDS = ("type", "every", "prefix", "num_examples")
 
@@ -41,7 +41,7 @@ class DenoisingLoss:
   def __init__(self, config, settings, split: pipeline.Split, mesh):
     self.config, self.settings, self.split, self.mesh = config, settings, split, mesh
     sharding.check_batch_size(settings.batch_size, f"config.evals.{settings.name}.batch_size")
-    model = UNet(UNetConfig.from_config(config))
+    model = make_denoiser(config)
     schedule = schedules.Schedule.from_config(config.diffusion, config.data.image_size)
     spec = losses.LossSpec.from_config(config.diffusion)
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from medfusion import sharding as sharding_lib
-from medfusion.models.unet import UNet, UNetConfig
+from medfusion.models import make_denoiser
 from medfusion.training import optim
 
 
@@ -28,11 +28,11 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
   )
 
 
-def make_model(config) -> UNet:
-  return UNet(UNetConfig.from_config(config))
+def make_model(config):
+  return make_denoiser(config)
 
 
-def init_params(config, model: UNet):
+def init_params(config, model):
   """Fresh parameters from `config.seed`."""
   size, channels = config.data.image_size, config.data.num_channels
   return model.init(
@@ -43,12 +43,12 @@ def init_params(config, model: UNet):
   )["params"]
 
 
-def init_state(config, model: UNet, optimizer: optax.GradientTransformation) -> TrainState:
+def init_state(config, model, optimizer: optax.GradientTransformation) -> TrainState:
   """A fresh train state; the EMA starts as a copy of the parameters. Trace it under jit: eager is slow."""
   params = init_params(config, model)
   return TrainState(jnp.zeros((), jnp.int32), params, params, optimizer.init(params))
 
 
-def abstract_state(config, model: UNet, optimizer: optax.GradientTransformation, sharding) -> TrainState:
+def abstract_state(config, model, optimizer: optax.GradientTransformation, sharding) -> TrainState:
   """Shapes, dtypes and shardings of the train state, without allocating it (for restores)."""
   return sharding_lib.abstract(lambda: init_state(config, model, optimizer), sharding)
