@@ -3,7 +3,9 @@ r"""Every medfusion setting with its default; experiment configs import this and
   python -m medfusion.train --config=configs/default.py --workdir=runs/default
 
 `get_config(arg)` takes the string after the colon in `--config=configs/X.py:arg`: a comma-separated list of
-flags and key=value pairs (`smoke`, `model=paper`, `smoke,model=paper`). A name it does not know is an error.
+flags and key=value pairs (`smoke`, `model=paper`, `smoke,model=dit`). A name it does not know is an error.
+Model presets (`model=`): `small` (the default UNet), `paper` (a paper-scale UNet), `original_unet` (the UNet of
+Favero et al. 2025 on the Haar wavelet input) and `dit` (DiT-B/4); `smoke` shrinks any of them.
 `base_config()` holds what every trainer reads (data, training loop, checkpoints); `get_config` adds the
 diffusion model, its loss, the classifier and the evaluators.
 """
@@ -14,7 +16,7 @@ import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BUNDLED_NPZ = str(REPO / "data" / "pneumoniamnist_28.npz")
-MODEL_PRESETS = ("small", "paper")
+MODEL_PRESETS = ("small", "paper", "original_unet", "dit")
 
 
 def parse_arg(arg: str, **defaults):
@@ -80,7 +82,7 @@ def base_config():
 
 
 def get_config(arg: str = ""):
-  """The default diffusion config: PneumoniaMNIST, the small UNet; `arg` may hold smoke and model=small|paper."""
+  """The default diffusion config: PneumoniaMNIST, the small UNet; `arg` may hold smoke and model=<MODEL_PRESETS>."""
   args = parse_arg(arg, smoke=False, model="small")
   config = base_config()
   config.train.ema_decay = 0.999
@@ -96,6 +98,9 @@ def get_config(arg: str = ""):
   config.model.dropout = 0.1
   config.model.norm_groups = 8
   config.model.dtype = "float32"  # float32 | bfloat16 (compute dtype; parameters stay float32)
+  # Run the network on the one-level Haar wavelet transform of the image ([H/2, W/2, 4C]; models/wavelet.py).
+  # The model still takes and returns pixels, so training, scoring and sampling are unchanged.
+  config.model.wavelet = False
 
   config.diffusion = ml_collections.ConfigDict()
   config.diffusion.schedule = "cosine"  # cosine | shifted_cosine
@@ -141,8 +146,9 @@ def apply_args(config, args):
   """The `model=` preset, then `smoke` (which shrinks whatever preset to a tiny model)."""
   if args.model not in MODEL_PRESETS:
     raise ValueError(f"config argument model='{args.model}' is not one of {MODEL_PRESETS}")
-  if args.model == "paper":
-    paper(config)
+  presets = {"paper": paper, "original_unet": original_unet, "dit": dit}
+  if args.model in presets:
+    presets[args.model](config)
   if args.smoke:
     smoke(config)
   return config
@@ -162,14 +168,75 @@ def paper(config):
   return config
 
 
+def original_unet(config):
+  """The UNet of Favero et al. 2025: 256x256 images as their 128x128 Haar wavelet transform (12 channels for RGB),
+  widths 128/128/256/512/1024 with two residual blocks each and attention at the lowest resolution (8x8)."""
+  config.data.image_size = 256
+  config.data.fit = "resize"
+  config.model.wavelet = True
+  config.model.channels = 128
+  config.model.channel_mult = (1, 1, 2, 4, 8)
+  config.model.num_res_blocks = 2
+  config.model.attention_resolutions = (8,)
+  config.model.norm_groups = 32
+  config.classify.batch_size = 8
+  config.classify.chunk_size = 32
+  return config
+
+
+def dit(config):
+  """DiT-B/4 (Peebles & Xie 2023) at 256x256: 4x4 patches, 12 blocks of width 768 with 12 heads.
+
+  `config.model` is replaced (a DiT config carries no UNet fields); its `dtype` and `wavelet` carry over.
+  `--config.model.wavelet=True` runs it on the 128x128 Haar wavelet input (a quarter of the tokens).
+  """
+  config.data.image_size = 256
+  config.data.fit = "resize"
+  dtype, wavelet = config.model.dtype, config.model.wavelet
+  config.model = ml_collections.ConfigDict()
+  config.model.type = "dit"
+  config.model.patch_size = 4  # p: the image (or its wavelet transform) is cut into p x p patches, one token each
+  config.model.depth = 12  # transformer blocks
+  config.model.hidden_size = 768  # token width; divisible by num_heads and by 4
+  config.model.num_heads = 12
+  config.model.mlp_ratio = 4.0  # MLP width / hidden_size
+  config.model.dropout = 0.0
+  config.model.dtype = dtype  # float32 | bfloat16 (compute dtype; parameters stay float32)
+  config.model.wavelet = wavelet  # on the one-level Haar wavelet transform of the image
+  # DiT's AdamW settings: learning rate 1e-4, no weight decay (on the shared warm-up + cosine schedule).
+  config.train.learning_rate = 1e-4
+  config.train.weight_decay = 0.0
+  config.classify.batch_size = 8
+  config.classify.chunk_size = 16  # 4,096 tokens per image: float32 attention scores take ~0.8 GB per evaluation
+  return config
+
+
+def original_work_training(config):
+  """The training and classification settings of Favero et al. 2025 (configs/chexpert.py, configs/isic.py):
+  v-prediction, shifted-cosine log-SNR (base resolution 64), min-SNR-5, label dropout 0.15, Adam (AdamW without
+  decay) at 1e-4, batch 128, EMA 0.999; 51 draws per image, majority vote (both aggregators are always reported)."""
+  config.diffusion.update(prediction="v", schedule="shifted_cosine", shift_base_resolution=64)
+  config.diffusion.update(loss_weighting="min_snr", min_snr_gamma=5.0, label_dropout=0.15)
+  config.train.update(learning_rate=1e-4, weight_decay=0.0, batch_size=128, ema_decay=0.999, warmup_steps=1000)
+  # Our choice (the original's step budget is not in what it released): ~390 epochs of CheXpert's 16,324 images.
+  config.train.update(steps=50_000, log_every=100, checkpoint_every=2000)
+  config.evals.loss.update(every=1000)
+  config.evals.classify.update(every=5000)
+  config.classify.update(num_draws=51, adaptive="none")
+  return config
+
+
 def smoke(config):
   """Shrinks a diffusion config to a tiny model and a few steps (about a minute on 2 CPU cores)."""
-  config.model.channels = 16
-  config.model.channel_mult = (1, 2)
-  config.model.num_res_blocks = 1
-  config.model.attention_resolutions = (16,)
-  config.model.norm_groups = 4
-  config.model.dropout = 0.0
+  if config.model.type == "dit":
+    config.model.update(patch_size=4, depth=2, hidden_size=32, num_heads=2, dropout=0.0)
+  else:
+    config.model.channels = 16
+    config.model.channel_mult = (1, 2)
+    config.model.num_res_blocks = 1
+    config.model.attention_resolutions = (16,)
+    config.model.norm_groups = 4
+    config.model.dropout = 0.0
   config.data.image_size = 32
   config.train.steps = 10
   config.train.batch_size = 16
@@ -177,7 +244,7 @@ def smoke(config):
   config.train.log_every = 5
   config.train.checkpoint_every = 5
   config.evals.loss.update(every=5, num_examples=32, batch_size=32)
-  config.evals.classify.update(every=10, num_examples=16, num_draws=2)
+  config.evals.classify.update(every=10, num_examples=16, num_draws=8)  # the scoring kernel: compiled once
   config.classify.num_draws = 8
   config.classify.batch_size = 16
   config.classify.chunk_size = 64

@@ -101,3 +101,18 @@ def save_line_plot_png(
   if ys:
     axes.legend()
   _save_atomically(figure, path)
+
+
+def save_xy_plot_png(
+  path: str | os.PathLike, curves: Mapping[str, tuple[ArrayLike, ArrayLike]], xlabel: str, ylabel: str, title: str
+) -> None:
+  """Plots named (x, y) series that do not share x (e.g. accuracy against cost for several rules) as one PNG."""
+  figure, axes = _new_axes(xlabel, ylabel, title)
+  for name, (x, y) in curves.items():
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+      raise ValueError(f"curves['{name}']: x {x.shape} and y {y.shape} differ in shape")
+    axes.plot(x, y, marker="o", markersize=3, label=name)
+  if curves:
+    axes.legend()
+  _save_atomically(figure, path)

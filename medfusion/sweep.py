@@ -6,7 +6,9 @@ r"""Accuracy against the number of draws (mean vs vote) and against the timestep
 Evaluates the first K = config.classify.num_draws draws of medfusion.score on every class once, then writes
 OUT/errors.npz (errors [N, C, K], t [N, K], labels), OUT/sweep.json, OUT/k_sweep.png (accuracy of the mean and
 vote aggregators on the first k = 1, 2, 4, ... K draws) and OUT/t_profile.png (accuracy of single draws in ten
-bins of t: where the class signal lies; use it to choose config.classify.t_min / t_max).
+bins of t: where the class signal lies; use it to choose config.classify.t_min / t_max) and OUT/early_stop.png
+(accuracy against network evaluations per image of each early-stopping rule over delta, replayed on the same
+draws). `--errors=OUT/errors.npz` redoes the analysis from stored draws without evaluating the model.
 """
 
 import json
@@ -17,6 +19,9 @@ from absl import flags
 from medfusion import cli
 
 cli.define_model_flags()
+flags.DEFINE_string(
+  "errors", "", "An errors.npz of an earlier sweep: analyse its draws instead of evaluating new ones."
+)
 FLAGS = flags.FLAGS
 
 
@@ -24,7 +29,9 @@ def main(argv):
   config = cli.start(argv)
   from medfusion.evaluation import draw_analysis
 
-  result = draw_analysis.sweep_split(config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)
+  result = draw_analysis.sweep_split(
+    config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples, errors_npz=FLAGS.errors
+  )
   sweep = result["k_sweep"]
   print(
     json.dumps(

@@ -103,7 +103,7 @@ def test_sequential_stopping_through_the_classifier(setup):
   assert sum(finished) == 4
   errors = clf.draw_errors(images, indices)
   k, r = config.classify.num_draws, config.classify.draws_per_round
-  checks = aggregate.num_checks(k, r)
+  boundaries = aggregate.vote_boundaries(k, r, 2, 0.5)
   assert tally.draws.min() < k  # the rule stopped some image early
   for i, used in enumerate(tally.draws):
     votes = aggregate.votes_from_errors(errors[i : i + 1, :, :used])
@@ -111,7 +111,7 @@ def test_sequential_stopping_through_the_classifier(setup):
     np.testing.assert_allclose(tally.mean_errors[i], errors[i, :, :used].mean(axis=1), rtol=1e-6)
     for look in range(r, used + 1, r):
       at = aggregate.votes_from_errors(errors[i : i + 1, :, :look])
-      stop = aggregate.decided(at, np.array([k - look]), "sequential", checks, 0.5)[0]
+      stop = aggregate.decided(at, np.array([k - look]), "sequential", boundaries)[0]
       assert stop == (look == used), (i, look, used)
 
 

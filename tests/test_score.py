@@ -178,3 +178,24 @@ def test_score_without_config_uses_the_models_own(scored, tmp_path, tfds_dir):
   assert [r["votes_lesion"] for r in again] == [r["votes_lesion"] for r in first]
   with open(tmp_path / "metrics.json") as f:
     assert json.load(f)["checkpoint"] == "best"
+
+
+def test_early_stop_replay_matches_the_adaptive_classifier(scored):
+  """draw_analysis replays sequential stopping on the stored draws; the classifier doing it live agrees exactly."""
+  from medfusion.classify import aggregate
+  from medfusion.classify.classifier import DiffusionClassifier
+  from medfusion.data import pipeline
+  from medfusion.evaluation import draw_analysis
+
+  config, workdir, _, _ = scored
+  config = config.copy_and_resolve_references()
+  config.classify.update(num_draws=16, draws_per_round=2, adaptive="sequential", delta=0.1)
+  split = pipeline.load_split(config.data, "val")
+  images, indices = split.images[:64].astype(np.float32) / 127.5 - 1.0, np.arange(64)
+  classifier = DiffusionClassifier(config, modeldir.load_ema_params(config, workdir).params)
+  live = classifier.score(images, indices)
+  errors = classifier.draw_errors(images, indices)
+  replay = draw_analysis.early_stop_sweep(errors, split.labels[:64], [0.1], 2)
+  assert live.draws.mean() == replay["exact"]["mean_draws"][0] < 16  # some images stopped early
+  vote = aggregate.vote_prediction(live.votes, live.mean_errors)
+  assert np.mean(vote == split.labels[:64]) == replay["exact"]["accuracy"][0]

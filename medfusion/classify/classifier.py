@@ -168,7 +168,7 @@ class DiffusionClassifier:
     n, c, k, b = len(images), self.num_classes, self.spec.num_draws, self.spec.batch_size
     r = k if self.spec.adaptive == "none" else min(self.spec.draws_per_round, k)
     tally = Tally.zeros(n, c)
-    checks = aggregate.num_checks(k, r)
+    boundaries = aggregate.vote_boundaries(k, r, c, self.spec.delta) if self.spec.adaptive == "sequential" else None
     queue = collections.deque(range(n))
     all_classes = np.broadcast_to(np.arange(c), (b, c))
     while queue:
@@ -176,7 +176,7 @@ class DiffusionClassifier:
       draw_ids = tally.draws[rows][:, None] + np.arange(r)[None, :]
       classes = all_classes[: len(rows)]
       tally.add(rows, self.errors(images[rows], indices[rows], draw_ids, classes), classes)
-      done = aggregate.decided(tally.votes[rows], k - tally.draws[rows], self.spec.adaptive, checks, self.spec.delta)
+      done = aggregate.decided(tally.votes[rows], k - tally.draws[rows], self.spec.adaptive, boundaries)
       queue.extend(rows[~done])
       if progress is not None:
         progress(int(done.sum()))

@@ -20,9 +20,27 @@ from medfusion.data.errors import DataError
 from medfusion.errors import ConfigError
 
 _RESIZE_CHUNK = 1024  # images resized per call, bounding the float32 copy
-SOURCES = ("npz", "synthetic_lesions", "image_folder", "arrays")
+SOURCES = ("npz", "synthetic_lesions", "image_folder", "arrays", "chexpert", "isic")
 FITS = ("pad", "resize")
 ON_BAD_FILE = ("stop", "skip")
+# CheXpert's findings other than No Finding: the choices of config.data.chexpert.finding.
+CHEXPERT_FINDINGS = (
+  "Enlarged Cardiomediastinum",
+  "Cardiomegaly",
+  "Lung Opacity",
+  "Lung Lesion",
+  "Edema",
+  "Consolidation",
+  "Pneumonia",
+  "Atelectasis",
+  "Pneumothorax",
+  "Pleural Effusion",
+  "Pleural Other",
+  "Fracture",
+  "Support Devices",
+)
+CHEXPERT_UNCERTAIN = ("positive", "negative", "drop")
+ISIC_LAYOUTS = ("2020", "2019")
 
 
 def check_data_config(data_config) -> None:
@@ -40,6 +58,26 @@ def check_data_config(data_config) -> None:
     )
   if data_config.source in ("image_folder", "arrays") and not data_config.folder:
     raise ConfigError(f"config.data.source={data_config.source!r} needs config.data.folder")
+  if data_config.source in ("chexpert", "isic"):  # the options of a manually downloaded dataset
+    source = data_config.source
+    options, prefix = data_config[source], f"config.data.{source}"
+    if source == "chexpert":
+      choices = (("finding", CHEXPERT_FINDINGS), ("uncertain", CHEXPERT_UNCERTAIN))
+      fractions, channels = ("val_fraction",), 1
+    else:
+      choices, fractions, channels = (("layout", ISIC_LAYOUTS),), ("val_fraction", "test_fraction"), 3
+    for field, allowed in choices:
+      if options[field] not in allowed:
+        raise ConfigError(f"{prefix}.{field}={options[field]!r} is not one of {allowed}")
+    if not options.manual_dir:
+      raise ConfigError(f"{prefix}.manual_dir is empty; set it to the folder that holds the {source} download")
+    for field in fractions:
+      if not 0 < options[field] < 1:
+        raise ConfigError(f"{prefix}.{field}={options[field]!r} must be between 0 and 1")
+    if source == "isic" and options.val_fraction + options.test_fraction >= 1:
+      raise ConfigError(f"{prefix}.val_fraction + {prefix}.test_fraction must be below 1 to leave a train split")
+    if data_config.num_channels != channels:
+      raise ConfigError(f"config.data.num_channels={data_config.num_channels}; {source} images have {channels}")
 
 
 def _tensorflow():
@@ -143,8 +181,9 @@ def load_split(data_config, split: str) -> Split:
   """Loads `split` of the source named by `data_config` (config.data), at the model resolution.
 
   Sources: 'npz' (the MedMNIST-layout file data_config.npz), 'synthetic_lesions' (tfds config
-  data_config.synthetic_config), 'image_folder' (data_config.folder) and 'arrays' (data_config.folder as
-  written by medfusion.prepare; needs no TensorFlow). tfds sources are built once into
+  data_config.synthetic_config), 'image_folder' (data_config.folder), 'arrays' (data_config.folder as
+  written by medfusion.prepare; needs no TensorFlow), 'chexpert' and 'isic' (manual downloads, options in
+  data_config.chexpert / data_config.isic, images stored at data_config.image_size). tfds sources are built once into
   data_config.tfds_data_dir and read from there afterwards. Raises DataError for bad or missing data.
   """
   source, hint = data_config.source, ""
@@ -153,6 +192,7 @@ def load_split(data_config, split: str) -> Split:
   elif source == "arrays":
     loaded = _load_arrays(data_config, split)
   else:
+    skipped = ()  # files a builder of manually downloaded images skipped (on_bad_file='skip')
     if source == "npz":
       from medfusion.data.medmnist import MedmnistNpz
 
@@ -170,9 +210,44 @@ def load_split(data_config, split: str) -> Split:
 
       builder = SyntheticLesions(config=data_config.synthetic_config, data_dir=data_config.tfds_data_dir)
       what = f"synthetic_lesions ({data_config.synthetic_config})"
+    elif source == "chexpert":
+      from medfusion.data.chexpert import ChexpertManual
+
+      options = data_config.chexpert
+      builder = ChexpertManual(
+        manual_dir=options.manual_dir,
+        split_lists=options.split_lists,
+        finding=options.finding,
+        uncertain=options.uncertain,
+        frontal_only=options.frontal_only,
+        val_fraction=options.val_fraction,
+        split_seed=options.split_seed,
+        image_size=data_config.image_size,
+        on_bad_file=data_config.on_bad_file,
+        data_dir=data_config.tfds_data_dir,
+      )
+      what = f"CheXpert in {options.manual_dir}"
+    elif source == "isic":
+      from medfusion.data.isic import IsicManual
+
+      options = data_config.isic
+      builder = IsicManual(
+        manual_dir=options.manual_dir,
+        layout=options.layout,
+        split_lists=options.split_lists,
+        val_fraction=options.val_fraction,
+        test_fraction=options.test_fraction,
+        split_seed=options.split_seed,
+        image_size=data_config.image_size,
+        on_bad_file=data_config.on_bad_file,
+        data_dir=data_config.tfds_data_dir,
+      )
+      what = f"ISIC in {options.manual_dir}"
     else:
       raise ValueError(f"config.data.source={source!r} is not one of {SOURCES}")
     images, labels, masks = _load_tfds(builder, split, what, hint)
+    if source in ("chexpert", "isic"):
+      skipped = builder.skipped(split)
     what = f"{builder.info.full_name} split '{split}'"
     if images.shape[-1] != data_config.num_channels:
       found, expected = images.shape[-1], data_config.num_channels
@@ -180,7 +255,7 @@ def load_split(data_config, split: str) -> Split:
     images = _fit(images, data_config.image_size, data_config.fit, what)
     if masks is not None:
       masks = _fit(masks, data_config.image_size, data_config.fit, what, nearest=True)
-    loaded = Split(images, labels, masks)
+    loaded = Split(images, labels, masks, skipped)
   if loaded.labels.max() >= data_config.num_classes:
     label, limit = loaded.labels.max(), data_config.num_classes
     raise DataError(f"{source} split '{split}': label {label} >= config.data.num_classes={limit}")

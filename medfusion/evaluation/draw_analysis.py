@@ -43,22 +43,46 @@ def k_sweep(errors: np.ndarray, labels: np.ndarray, ks) -> dict:
 
 
 def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_round: int) -> dict:
-  """Sequential vote early stopping replayed on the error tensor, for each level delta: the mean draws per image,
-  the share of predictions equal to the full budget's, and accuracy; what `classify.adaptive='sequential'`
-  would do with these draws (rounds of `draws_per_round`)."""
-  n, _, k = errors.shape
+  """Sequential vote early stopping replayed on the error tensor: for each bound (`aggregate.STOPPING_BOUNDS`)
+  and level delta, the mean draws per image, the share of predictions equal to the full budget's, and accuracy;
+  what `classify.adaptive='sequential'` would do with these draws (rounds of `draws_per_round`)."""
+  n, c, k = errors.shape
   votes, mean_errors = _running_totals(errors)
-  checks = aggregate.num_checks(k, draws_per_round)
   full = _vote_after(votes, mean_errors, np.full(n, k))
+  result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "full_budget_draws": k}
+  for method in aggregate.STOPPING_BOUNDS:
+    rows = result[method] = {"mean_draws": [], "agreement": [], "accuracy": []}
+    for delta in deltas:
+      boundaries = aggregate.vote_boundaries(k, draws_per_round, c, float(delta), method)
+      used = np.full(n, k)
+      for stop in range(draws_per_round, k, draws_per_round):
+        decided = aggregate.decided(votes[:, :, stop - 1], np.full(n, k - stop), "sequential", boundaries)
+        used[(used == k) & decided] = stop
+      prediction = _vote_after(votes, mean_errors, used)
+      rows["mean_draws"].append(float(used.mean()))
+      rows["agreement"].append(float(np.mean(prediction == full)))
+      rows["accuracy"].append(float(np.mean(prediction == labels)))
+  return result
+
+
+def mean_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_round: int) -> dict:
+  """Paired-gap early stopping of the mean-error decision (`aggregate.gap_critical_values`) replayed on the error
+  tensor, for each level delta: mean draws per image, agreement with the full budget's mean-error prediction,
+  and accuracy. An analysis, not an offered rule: see `gap_critical_values`."""
+  n, c, k = errors.shape
+  sums = np.cumsum(errors, axis=2)  # [N, C, K]
+  grams = np.cumsum(errors[:, :, None, :] * errors[:, None, :, :], axis=3)  # [N, C, C, K]
+  full = aggregate.mean_prediction(sums[:, :, -1])
   result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "full_budget_draws": k}
   result.update({"mean_draws": [], "agreement": [], "accuracy": []})
   for delta in deltas:
+    critical = aggregate.gap_critical_values(k, draws_per_round, c, float(delta))
     used = np.full(n, k)
     for stop in range(draws_per_round, k, draws_per_round):
-      open_ = used == k
-      decided = aggregate.decided(votes[:, :, stop - 1], np.full(n, k - stop), "sequential", checks, delta)
-      used[open_ & decided] = stop
-    prediction = _vote_after(votes, mean_errors, used)
+      at = np.full(n, stop)
+      decided = aggregate.sequential_mean_decided(sums[:, :, stop - 1], grams[..., stop - 1], at, critical)
+      used[(used == k) & decided] = stop
+    prediction = aggregate.mean_prediction(np.take_along_axis(sums, (used - 1)[:, None, None], axis=2)[:, :, 0])
     result["mean_draws"].append(float(used.mean()))
     result["agreement"].append(float(np.mean(prediction == full)))
     result["accuracy"].append(float(np.mean(prediction == labels)))
@@ -84,27 +108,41 @@ def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: i
   return result
 
 
-def sweep_split(config, workdir: str, split_name: str, output: str, max_examples: int = 0) -> dict:
-  """Evaluates the first config.classify.num_draws draws of `split_name` and writes errors.npz, sweep.json,
-  k_sweep.png and t_profile.png to `output`; returns sweep.json's content."""
-  split = pipeline.load_split(config.data, split_name)
-  n = len(split.labels) if max_examples <= 0 else min(max_examples, len(split.labels))
+DELTAS = (0.001, 0.01, 0.05, 0.1, 0.2)
+
+
+def sweep_split(
+  config, workdir: str, split_name: str, output: str, max_examples: int = 0, errors_npz: str = ""
+) -> dict:
+  """Evaluates the first config.classify.num_draws draws of `split_name` (or reads them from `errors_npz`, an
+  errors.npz of an earlier sweep) and writes errors.npz, sweep.json, k_sweep.png, t_profile.png and
+  early_stop.png to `output`; returns sweep.json's content."""
   model = modeldir.load_ema_params(config, workdir)
-  classifier = DiffusionClassifier(config, model.params, source=model.description)
-  with driver.progress_bar(n, f"draws {split_name}") as bar:
-    errors, t = driver.draw_errors(classifier, split, n, bar.update)
+  if errors_npz:
+    with np.load(errors_npz) as stored:
+      errors, t, labels = stored["errors"], stored["t"], stored["labels"]
+    n = len(labels) if max_examples <= 0 else min(max_examples, len(labels))
+    errors, t, labels = errors[:n], t[:n], labels[:n]
+  else:
+    split = pipeline.load_split(config.data, split_name)
+    n = len(split.labels) if max_examples <= 0 else min(max_examples, len(split.labels))
+    classifier = DiffusionClassifier(config, model.params, source=model.description)
+    with driver.progress_bar(n, f"draws {split_name}") as bar:
+      errors, t = driver.draw_errors(classifier, split, n, bar.update)
+    labels = split.labels[:n]
   step = model.step
-  labels = split.labels[:n]
-  k = config.classify.num_draws
+  k = errors.shape[2]
   result = {
     "split": split_name,
     "n": n,
+    "num_classes": int(errors.shape[1]),
     "checkpoint_step": step,
     "workdir": os.path.abspath(workdir),
     "classify": config.classify.to_dict(),
     "k_sweep": k_sweep(errors, labels, [2**i for i in range(k.bit_length())]),
     "t_profile": t_profile(errors, t, labels),
-    "early_stop": early_stop_sweep(errors, labels, (0.001, 0.01, 0.05, 0.1), config.classify.draws_per_round),
+    "early_stop": early_stop_sweep(errors, labels, DELTAS, config.classify.draws_per_round),
+    "mean_stop": mean_stop_sweep(errors, labels, DELTAS, config.classify.draws_per_round),
   }
   os.makedirs(output, exist_ok=True)
   write_npz_atomic(os.path.join(output, "errors.npz"), errors=errors, t=t, labels=labels)
@@ -134,4 +172,20 @@ def _plot(result: dict, class_names: list[str], output: str) -> None:
     "t (bin centre)",
     "single-draw accuracy",
     f"{where}: which timesteps carry the class",
+  )
+  _plot_frontier(result, os.path.join(output, "early_stop.png"))
+
+
+def _plot_frontier(result: dict, path: str) -> None:
+  """Accuracy against network evaluations per image for each stopping rule over delta, and the full budgets."""
+  stop, mean_stop, c = result["early_stop"], result["mean_stop"], result["num_classes"]
+  curves = {
+    "vote, exact bounds": (stop["exact"]["mean_draws"], stop["exact"]["accuracy"]),
+    "vote, Bonferroni bounds": (stop["bonferroni"]["mean_draws"], stop["bonferroni"]["accuracy"]),
+    "mean, paired-gap test": (mean_stop["mean_draws"], mean_stop["accuracy"]),
+    "vote, first k draws": (result["k_sweep"]["k"], result["k_sweep"]["vote"]),
+  }
+  curves = {name: (np.asarray(x) * c, y) for name, (x, y) in curves.items()}
+  plots.save_xy_plot_png(
+    path, curves, "network evaluations per image", "accuracy", f"{result['split']}: early stopping over delta"
   )
