@@ -40,7 +40,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string(
   "model",
   "",
-  "Comma-separated presets: small, paper; 'none' (early stopping only). Default: small on CPU, small,paper.",
+  "Comma-separated model= presets of configs/default.py (small, paper, original_unet, dit); 'none' (early"
+  " stopping only). Default: small on CPU, small,paper elsewhere.",
 )
 flags.DEFINE_integer("num_draws", 0, "K draws per image. 0: CPU small 8, paper 2; accelerator small 32, paper 8.")
 flags.DEFINE_integer("batch_size", 0, "B images per kernel call. 0: CPU small 16, paper 2; accelerator 64 / 16.")
@@ -54,22 +55,20 @@ flags.DEFINE_integer("early_stop_images", 128, "Images of --split scored for the
 flags.DEFINE_integer("early_stop_draws", 0, "Full budget K of the early-stopping figure. 0: the workdir config's.")
 flags.DEFINE_integer("early_stop_batch_size", 0, "Images per kernel call there. 0: the workdir config's.")
 
-MODELS = ("small", "paper")
 # (num_draws, batch_size) when the flags are 0, by (platform is CPU, model).
+# Every preset but small counts as paper scale here.
 AUTO_SIZES = {(True, "small"): (8, 16), (True, "paper"): (2, 2), (False, "small"): (32, 64), (False, "paper"): (8, 16)}
 
 
 def model_config(name: str):
-  config = default.get_config()
-  if name == "paper":
-    config = default.paper(config)
-  elif name != "small":
-    raise ValueError(f"--model: '{name}' is not one of {MODELS}")
-  return config
+  """configs/default.py with `model=<name>` (small, paper, original_unet, dit)."""
+  if name not in default.MODEL_PRESETS:
+    raise ValueError(f"--model: '{name}' is not one of {default.MODEL_PRESETS}")
+  return default.get_config(f"model={name}")
 
 
 def sizes(name: str) -> tuple[int, int]:
-  auto_k, auto_b = AUTO_SIZES[(jax.default_backend() == "cpu", name)]
+  auto_k, auto_b = AUTO_SIZES[(jax.default_backend() == "cpu", "small" if name == "small" else "paper")]
   return FLAGS.num_draws or auto_k, FLAGS.batch_size or auto_b
 
 

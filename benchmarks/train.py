@@ -21,18 +21,16 @@ from medfusion import runtime, sharding
 from medfusion.training import state as state_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "small", "Comma-separated presets: small (configs/default.py), paper (default.paper).")
+flags.DEFINE_string("model", "small", "Comma-separated presets of configs/default.py: small, paper, original_unet, dit")
 flags.DEFINE_integer("batch_size", 0, "Global batch. 0: small the config's (32); paper 2 on CPU, 8 elsewhere.")
 flags.DEFINE_integer("steps", 0, "Steps per timed repeat. 0: 3 on CPU, 10 elsewhere.")
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after compiling.")
 
 
 def model_config(name: str, dtype: str, batch_size: int):
-  config = default.get_config()
-  if name == "paper":
-    config = default.paper(config)
-  elif name != "small":
-    raise ValueError(f"--model: '{name}' is not one of ('small', 'paper')")
+  if name not in default.MODEL_PRESETS:
+    raise ValueError(f"--model: '{name}' is not one of {default.MODEL_PRESETS}")
+  config = default.get_config(f"model={name}")
   on_cpu = jax.default_backend() == "cpu"
   config.model.dtype = dtype
   config.train.batch_size = batch_size or (config.train.batch_size if name == "small" else 2 if on_cpu else 8)

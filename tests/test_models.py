@@ -99,6 +99,7 @@ def test_dit_starts_at_zero_and_returns_float32():
 def test_paper_scale_parameter_counts_built_abstractly():
   config = default.get_config("model=dit")
   config.data.num_channels = 3
+  config.model.wavelet = False
   configcheck.check(config)
   assert parameter_count(config) == 129_586_224  # DiT-B/4 on 256x256 RGB (learn-sigma-free DiT-B/4: 130 M)
   config.model.wavelet = True
