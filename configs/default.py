@@ -129,6 +129,10 @@ def get_config(arg: str = ""):
   # softmax(-mean error / T) for the probabilities. None: the T fitted on the eval split for this checkpoint and
   # these classify settings (medfusion.score fits and stores it); a number here always wins.
   config.classify.temperature = ml_collections.config_dict.placeholder(float)
+  # Class prior of the probabilities and the mean prediction: uniform | train (training-split frequencies) |
+  # comma-separated weights, one per class. The vote is unaffected (each draw votes for its lowest error).
+  config.classify.prior = "uniform"
+  config.classify.positive_class = ""  # a class name: metrics.json adds it against the rest (e.g. mel)
 
   # Validation loss of the EMA model on fixed draws of the first `num_examples` eval images.
   config.evals.loss = ml_collections.ConfigDict(

@@ -18,9 +18,12 @@ class CheckpointError(UserError):
 
 
 def _manager(directory: str, **options) -> ocp.CheckpointManager:
+  # Barrier names of its own ('checkpoints_...', 'best_...'): the latest and the best manager save the same step at
+  # once, and in a multi-process run two async saves under one name fail ("Barrier ... is already ongoing").
+  multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(directory))
   return ocp.CheckpointManager(
     directory,
-    options=ocp.CheckpointManagerOptions(**options),
+    options=ocp.CheckpointManagerOptions(multiprocessing_options=multiprocessing, **options),
     item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
   )
 

@@ -49,7 +49,7 @@ def setup(config) -> None:
 
 def start(argv, distributed: bool = False):
   """The common start of a command: no stray arguments, logging and XLA settings, the config checked before any
-  heavy work, `jax.distributed` where asked. Returns the config."""
+  heavy work, `jax.distributed` where asked or where the environment starts several processes. Returns the config."""
   if len(argv) > 1:
     raise errors.UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = flags.FLAGS.config
@@ -58,10 +58,7 @@ def start(argv, distributed: bool = False):
   from medfusion import configcheck
 
   configcheck.check(config)
-  if distributed:
-    import jax
-
-    jax.distributed.initialize()
+  runtime.maybe_initialize_distributed(distributed)
   return config
 
 

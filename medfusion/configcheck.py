@@ -9,7 +9,7 @@ from medfusion.classify import classifier, kernel
 from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
-from medfusion.evaluation import evaluators
+from medfusion.evaluation import evaluators, report
 from medfusion.training import loop, resnet
 
 
@@ -34,6 +34,16 @@ def check(config) -> None:
     raise ConfigError(
       f"config.classify.chunk_size={config.classify.chunk_size} must be at least data.num_classes "
       f"({config.data.num_classes})"
+    )
+  c = config.classify
+  if c.prior not in ("uniform", "train"):
+    try:
+      report.class_prior(c.prior, None, config.data.num_classes)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  if c.positive_class and c.positive_class not in config.data.class_names:
+    raise ConfigError(
+      f"config.classify.positive_class={c.positive_class!r} is not one of {tuple(config.data.class_names)}"
     )
   if config.classify.temperature is not None and not config.classify.temperature > 0:
     raise ConfigError(f"config.classify.temperature={config.classify.temperature!r} must be positive")

@@ -108,6 +108,62 @@ def classification_metrics(
   }
 
 
+def misclassification_auroc(correct: ArrayLike, confidence: ArrayLike) -> float:
+  """How well a confidence score tells right from wrong predictions: the AUROC of `confidence` for `correct`
+  (1: every right prediction is surer than every wrong one; 0.5: no better than chance; NaN if all are right or
+  all wrong)."""
+  correct, confidence = _correct_and_confidence(correct, confidence)
+  if correct.all() or not correct.any():
+    return float("nan")
+  return float(skm.roc_auc_score(correct, confidence))
+
+
+def per_class_report(labels: ArrayLike, probs: ArrayLike, preds: ArrayLike, class_names) -> dict:
+  """Per class (one-vs-rest): precision, recall (sensitivity), specificity, F1, AUC and support; their macro and
+  support-weighted averages; and the confusion matrix (rows: true class, columns: predicted)."""
+  labels, probs = _labels_and_scores(labels, probs)
+  preds = np.asarray(preds)
+  classes = list(range(probs.shape[1]))
+  confusion = skm.confusion_matrix(labels, preds, labels=classes)
+  precision, recall, f1, support = skm.precision_recall_fscore_support(labels, preds, labels=classes, zero_division=0)
+  report = {}
+  for c, name in enumerate(class_names):
+    tn = confusion.sum() - confusion[c].sum() - confusion[:, c].sum() + confusion[c, c]
+    negatives = confusion.sum() - confusion[c].sum()
+    positive = labels == c
+    auc = skm.roc_auc_score(positive, probs[:, c]) if 0 < positive.sum() < len(labels) else float("nan")
+    report[name] = {
+      "precision": float(precision[c]),
+      "recall": float(recall[c]),
+      "specificity": float(tn / negatives) if negatives else 0.0,
+      "f1": float(f1[c]),
+      "auc": float(auc),
+      "support": int(support[c]),
+    }
+  fields = ("precision", "recall", "specificity", "f1", "auc")
+  weights = support / max(support.sum(), 1)
+  averages = {
+    "macro": {f: float(np.nanmean([report[n][f] for n in class_names])) for f in fields},
+    "weighted": {
+      f: float(np.nansum([w * report[n][f] for w, n in zip(weights, class_names, strict=True)])) for f in fields
+    },
+  }
+  return {"per_class": report, **averages, "confusion_matrix": confusion.tolist()}
+
+
+def one_vs_rest(labels: ArrayLike, probs: ArrayLike, preds: ArrayLike, positive: int) -> dict[str, float]:
+  """Class `positive` against the rest, as a binary task: sensitivity, specificity and AUC of its probability
+  (e.g. melanoma in a multi-class skin-lesion model, as the ISIC task reports), from the multi-class predictions."""
+  labels, probs = _labels_and_scores(labels, probs)
+  truth, called = labels == positive, np.asarray(preds) == positive
+  both = truth.any() and not truth.all()
+  return {
+    "sensitivity": float((called & truth).sum() / truth.sum()) if truth.any() else float("nan"),
+    "specificity": float((~called & ~truth).sum() / (~truth).sum()) if (~truth).any() else float("nan"),
+    "auc": float(skm.roc_auc_score(truth, probs[:, positive])) if both else float("nan"),
+  }
+
+
 def expected_calibration_error(labels: ArrayLike, probs: ArrayLike, num_bins: int = 15) -> float:
   """Top-label expected calibration error: how far confidence is from accuracy, averaged over samples.
 

@@ -116,3 +116,29 @@ def save_xy_plot_png(
   if curves:
     axes.legend()
   _save_atomically(figure, path)
+
+
+def save_confusion_matrix_png(path: str | os.PathLike, confusion: ArrayLike, class_names, title: str) -> None:
+  """The confusion matrix (rows: true class, columns: predicted) as counts and row-normalised (recall per class),
+  side by side, each cell labelled."""
+  confusion = np.asarray(confusion, dtype=np.float64)
+  rows = confusion.sum(axis=1, keepdims=True)
+  normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+  size = 3.0 + 0.55 * len(class_names)
+  figure = Figure(figsize=(2 * size, size), dpi=120)
+  FigureCanvasAgg(figure)
+  for i, (values, label, fmt) in enumerate(((confusion, "counts", ".0f"), (normalised, "row-normalised", ".2f"))):
+    axes = figure.add_subplot(1, 2, i + 1)
+    axes.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
+    ticks = np.arange(len(class_names))
+    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
+    axes.set_yticks(ticks, class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(f"{title} ({label})")
+    for r in range(len(class_names)):
+      for c in range(len(class_names)):
+        color = "white" if normalised[r, c] > 0.5 else "black"
+        axes.text(c, r, format(values[r, c], fmt), ha="center", va="center", color=color, fontsize=8)
+  figure.tight_layout()
+  _save_atomically(figure, path)

@@ -3,9 +3,10 @@ r"""The config a model was trained with, read back from its folder's config.json
   python -m medfusion.score --workdir=W --split=val --output=OUT   # uses --config=medfusion/stored_config.py:W
 
 `medfusion.score`, `medfusion.sweep` and `medfusion.export` load it when no `--config` is given, so a model trained
-with overrides is scored with the same ones; `--config.x=v` still overrides single fields. Paths in the file that
-are relative (as in the shipped models) are taken relative to the repository root, and `data.tfds_data_dir` (a
-cache) is this machine's default.
+with overrides is scored with the same ones; `--config.x=v` still overrides single fields. Fields added to
+medfusion after a model was stored are filled in with the values that keep its old behaviour (`ADDED_FIELDS`).
+Relative paths in the file (as in the shipped models) are taken relative to the repository root, and
+`data.tfds_data_dir` (a cache) is this machine's default.
 """
 
 import json
@@ -16,6 +17,13 @@ import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PLACEHOLDERS = {("classify", "temperature"): float}  # fields whose unset value (null) has a type
+# Fields added after models were first stored, with the value that reproduces the older behaviour; a config.json
+# written before a field existed gets it from here (diffusion configs only).
+ADDED_FIELDS = {
+  "model": {"wavelet": False},
+  "train": {"checkpoint_minutes": 10.0},
+  "classify": {"prior": "uniform", "positive_class": ""},
+}
 
 
 def _from_json(value, path=()):
@@ -36,6 +44,10 @@ def get_config(workdir: str):
       stored = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: cannot read the model's config ({e}); pass --config=configs/X.py") from None
+  if "diffusion" in stored:
+    for section, fields in ADDED_FIELDS.items():
+      for key, value in fields.items():
+        stored.setdefault(section, {}).setdefault(key, value)
   config = _from_json(stored)
   if "data" in config:
     for field in ("npz", "folder"):

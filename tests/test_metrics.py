@@ -171,3 +171,29 @@ def test_plots_write_readable_png_and_no_temp_files(tmp_path):
   with pytest.raises(ValueError, match="ys"):
     plots.save_line_plot_png(tmp_path / "bad.png", [1, 2], {"accuracy": [0.5]}, "x", "y", "t")
   assert not (tmp_path / "bad.png").exists()
+
+
+def test_per_class_report_and_one_vs_rest_by_hand():
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  preds = np.array([0, 1, 1, 1, 2, 0])
+  probs = np.eye(3)[preds] * 0.8 + 0.2 / 3
+  report = metrics.per_class_report(labels, probs, preds, ["a", "b", "c"])
+  assert report["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+  a, b = report["per_class"]["a"], report["per_class"]["b"]
+  assert (a["precision"], a["recall"], a["specificity"], a["support"]) == (0.5, 0.5, 0.75, 2)
+  assert (b["precision"], b["recall"], b["specificity"]) == (2 / 3, 1.0, 0.75)
+  assert report["macro"]["recall"] == pytest.approx((0.5 + 1.0 + 0.5) / 3)
+  assert report["weighted"]["recall"] == pytest.approx(metrics.classification_metrics(labels, probs, preds)["accuracy"])
+  view = metrics.one_vs_rest(labels, probs, preds, positive=2)
+  assert (view["sensitivity"], view["specificity"]) == (0.5, 1.0)
+
+
+def test_misclassification_auroc():
+  assert metrics.misclassification_auroc([True, True, False], [0.9, 0.8, 0.1]) == 1.0
+  assert metrics.misclassification_auroc([True, False], [0.1, 0.9]) == 0.0
+  assert math.isnan(metrics.misclassification_auroc([True, True], [0.1, 0.9]))
+
+
+def test_confusion_matrix_png(tmp_path):
+  plots.save_confusion_matrix_png(tmp_path / "cm.png", [[5, 1, 0], [2, 3, 0], [0, 0, 0]], ["a", "b", "c"], "val")
+  assert Image.open(tmp_path / "cm.png").size[0] > 400

@@ -109,3 +109,33 @@ def test_empty_best_folder_falls_back_to_the_latest_and_says_so(lesion_model, tm
     shutil.rmtree(copy / "best" / step)
   loaded = modeldir.load_ema_params(config, str(copy))
   assert loaded.which == "latest: best/ is empty" and loaded.path.endswith(f"checkpoints/{loaded.step}")
+
+
+def test_the_shipped_models_stored_config_loads_with_fields_added_since():
+  from medfusion import configcheck, stored_config
+
+  config = stored_config.get_config(SHIPPED)
+  configcheck.check(config)
+  assert config.classify.prior == "uniform" and config.model.wavelet is False
+  assert config.data.npz.endswith("data/pneumoniamnist_28.npz") and os.path.isabs(config.data.npz)
+
+
+def test_multiclass_scoring_reports_per_class_metrics_a_positive_class_and_a_prior(tmp_path):
+  """Seven classes, RGB (the DermaMNIST layout), an untrained tiny model: the multi-class outputs are all there."""
+  from test_data import _fake_npz
+
+  config = train_losses_script.tiny_config(str(tmp_path / "tfds"))
+  names = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+  config.data.update(npz=_fake_npz(tmp_path / "derma.npz", n_train=21, n_test=14, shape=(28, 28, 3), num_classes=7))
+  config.data.update(class_names=names, num_classes=7, num_channels=3)
+  config.classify.update(num_draws=2, batch_size=8, temperature=0.01, prior="train", positive_class="mel")
+  params = runtime.run_once(lambda: state_lib.init_params(config, state_lib.make_model(config)))
+  params = jax.tree.map(lambda p: p + 0.05 * np.random.default_rng(0).standard_normal(p.shape, np.float32), params)
+  _export(jax.device_get(params), tmp_path / "model")
+  result = split_scoring.score_split(config, str(tmp_path / "model"), "test", str(tmp_path / "out"))
+  assert result["n"] == 14 and result["prior"] == pytest.approx([1 / 7] * 7)  # the fake train split is balanced
+  classes = result["mean"]["classes"]
+  assert set(classes["per_class"]) == set(names) and np.array(classes["confusion_matrix"]).sum() == 14
+  assert set(result["vote"]["positive_class"]) == {"name", "sensitivity", "specificity", "auc"}
+  assert "misclassification_auroc" in result["vote"]
+  assert os.path.getsize(tmp_path / "out" / "confusion_matrix.png") > 1000

@@ -121,7 +121,7 @@ def test_model_sections_hold_only_their_type_fields():
 @pytest.mark.parametrize(
   ("field", "value", "fragment"),
   [
-    ("patch_size", 5, "config.model.patch_size=5 must divide config.data.image_size=32"),
+    ("patch_size", 5, r"config.model.patch_size=5 must divide config.data.image_size=16 \(with config.model.wavelet"),
     ("hidden_size", 30, "config.model.hidden_size=30 must be divisible by 4"),
     ("num_heads", 3, "config.model.hidden_size=32 must be divisible by config.model.num_heads=3"),
     ("depth", 0, "config.model.depth=0 must be positive"),

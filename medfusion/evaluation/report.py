@@ -31,25 +31,51 @@ class Totals:
     return cls(np.asarray(index), np.asarray(label), tally.votes, tally.mean_errors, tally.draws, tally.nfe)
 
 
-def per_image(totals: Totals, temperature: float) -> dict[str, np.ndarray]:
-  """Predictions and uncertainty per image: vote and mean predictions, softmax(-mean error / T) probabilities,
-  the predicted class's vote share, the vote entropy (nats) and the normalised error margin."""
+def per_image(totals: Totals, temperature: float, prior=None) -> dict[str, np.ndarray]:
+  """Predictions and uncertainty per image: vote and mean predictions, probabilities softmax(-mean error / T +
+  log prior) (`prior` [C]: class probabilities; None: uniform), the predicted class's vote share, the vote entropy
+  (nats) and the normalised error margin. The mean prediction is the most probable class; the vote ignores the
+  prior (each draw still votes for its lowest error)."""
   vote = aggregate.vote_prediction(totals.votes, totals.mean_error)
   rows = np.arange(len(vote))
+  logits = -totals.mean_error / temperature
+  if prior is not None:
+    logits = logits + np.log(np.asarray(prior, dtype=np.float64))
+  prob = metrics.softmax_with_temperature(logits, 1.0)
   return {
     "prediction": vote,
-    "prediction_mean": aggregate.mean_prediction(totals.mean_error),
-    "prob": metrics.softmax_with_temperature(-totals.mean_error, temperature),
+    "prediction_mean": aggregate.mean_prediction(totals.mean_error) if prior is None else np.argmax(prob, axis=1),
+    "prob": prob,
     "vote_share": totals.votes[rows, vote] / totals.draws,
     "entropy": metrics.vote_entropy(totals.votes),
     "margin": metrics.normalised_margin(totals.mean_error),
   }
 
 
-def split_metrics(totals: Totals, columns: dict[str, np.ndarray]) -> dict:
+def class_prior(spec: str, train_labels, num_classes: int):
+  """`config.classify.prior` as class probabilities [C], or None for 'uniform': 'train' (the training split's class
+  frequencies) or comma-separated weights ('0.2,0.8', normalised)."""
+  if spec == "uniform":
+    return None
+  if spec == "train":
+    counts = np.bincount(np.asarray(train_labels), minlength=num_classes).astype(np.float64)
+  else:
+    try:
+      counts = np.array([float(w) for w in spec.split(",")])
+    except ValueError:
+      raise ValueError(f"config.classify.prior={spec!r} is not uniform, train or {num_classes} weights") from None
+  if counts.shape != (num_classes,) or (counts <= 0).any():
+    raise ValueError(f"config.classify.prior={spec!r}: needs {num_classes} positive weights (every class seen)")
+  return counts / counts.sum()
+
+
+def split_metrics(totals: Totals, columns: dict[str, np.ndarray], class_names=None, positive_class: str = "") -> dict:
   """metrics.json's body: per aggregator (vote, mean) classification and uncertainty metrics, plus n and NFE.
 
-  The vote row uses vote shares as probabilities and confidence; the mean row the calibrated softmax.
+  The vote row uses vote shares as probabilities and confidence; the mean row the calibrated softmax. Each row
+  has `misclassification_auroc` (how well its confidence tells right from wrong). With more than two classes
+  each row adds `classes` (per-class precision, recall, specificity, F1, AUC, support; macro and weighted averages;
+  the confusion matrix); a `positive_class` adds that class against the rest (sensitivity, specificity, AUC).
   """
   labels, probs = totals.label, columns["prob"]
   result = {"n": int(len(labels)), "nfe_per_image": float(np.mean(totals.nfe))}
@@ -61,6 +87,14 @@ def split_metrics(totals: Totals, columns: dict[str, np.ndarray]) -> dict:
     correct = preds == labels
     for cov in COVERAGES:
       m[f"accuracy_at_{int(cov * 100)}_coverage"] = metrics.accuracy_at_coverage(correct, confidence, cov)
+    m["misclassification_auroc"] = metrics.misclassification_auroc(correct, confidence)
+    if class_names is not None and len(class_names) > 2:
+      m["classes"] = metrics.per_class_report(labels, p, preds, class_names)
+    if positive_class:
+      m["positive_class"] = {
+        "name": positive_class,
+        **metrics.one_vs_rest(labels, p, preds, list(class_names).index(positive_class)),
+      }
     result[name] = m
   return result
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 
+import jax
 import numpy as np
 
 from medfusion import metrics, modeldir, plots
@@ -77,20 +78,22 @@ class PartialScores:
     return {int(r[0]): r for r in rows if len(r) == len(self.header)}
 
   def append(self, totals: Totals) -> None:
+    rows = _partial_rows(totals)
+    for row in rows:
+      self.done[int(row[0])] = [str(x) for x in row]
+    if jax.process_index() != 0:  # every process holds the same totals; process 0 writes them
+      return
     if not os.path.exists(self.path):
       os.makedirs(self.output, exist_ok=True)
       write_json_atomic(self.settings_path, self.fingerprint)
       with open(self.path, "w") as f:
         f.write(",".join(self.header) + "\n")
-    rows = _partial_rows(totals)
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     with open(self.path, "a") as f:
       f.write(buffer.getvalue())
       f.flush()
       os.fsync(f.fileno())
-    for row in rows:
-      self.done[int(row[0])] = [str(x) for x in row]
 
   def totals(self, num_classes: int) -> Totals:
     """The stored totals of every image done, sorted by index."""
@@ -107,6 +110,8 @@ class PartialScores:
     )
 
   def remove(self) -> None:
+    if jax.process_index() != 0:  # the files are process 0's
+      return
     for path in (self.path, self.settings_path):
       if os.path.exists(path):
         os.remove(path)
@@ -143,12 +148,19 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
   totals = partial.totals(len(class_names))
   if temperature is None:
     temperature, temperature_source = _fit_or_fall_back(config, workdir, model.step, split_name, totals)
-  columns = report.per_image(totals, temperature)
-  result = report.split_metrics(totals, columns)
+  prior = None
+  if config.classify.prior != "uniform":
+    train_labels = (
+      pipeline.load_split(config.data, config.data.train_split).labels if config.classify.prior == "train" else None
+    )
+    prior = report.class_prior(config.classify.prior, train_labels, len(class_names))
+  columns = report.per_image(totals, temperature, prior)
+  result = report.split_metrics(totals, columns, class_names, config.classify.positive_class)
   result.update(
     {
       "temperature": temperature,
       "temperature_source": temperature_source,
+      "prior": config.classify.prior if prior is None else prior.tolist(),
       "split": split_name,
       "checkpoint_step": model.step,
       "checkpoint": model.which,
@@ -163,6 +175,9 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
     report.risk_coverage_curves(totals, columns),
     f"{split_name}: risk vs coverage (n={result['n']})",
   )
+  if len(class_names) > 2:
+    confusion = result["vote"]["classes"]["confusion_matrix"]
+    plots.save_confusion_matrix_png(os.path.join(output, "confusion_matrix.png"), confusion, class_names, split_name)
   partial.remove()
   return result
 

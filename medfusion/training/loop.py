@@ -14,6 +14,7 @@ import signal
 import time
 
 import jax
+import jax.experimental.multihost_utils
 import numpy as np
 import tqdm
 
@@ -158,20 +159,22 @@ def train_loop(config, workdir: str, mesh, state, parts: Parts, evaluators, ckpt
         if not np.isfinite(metrics["loss"]):
           raise FloatingPointError(f"training loss is {metrics['loss']} at step {step}; lower the learning rate")
         tick, tick_step = time.perf_counter(), step
+      due_by_time = time.monotonic() - saved_at > 60 * config.train.checkpoint_minutes
+      stop, due_by_time = on_any_process(interrupts.requested, due_by_time)
       eval_metrics = {}
       for evaluator in evaluators:
-        if evaluators_lib.due(evaluator, step, last) and not interrupts.requested:  # an interrupt saves first
+        if evaluators_lib.due(evaluator, step, last) and not stop:  # an interrupt saves first
           eval_metrics.update(evaluators_lib.run(evaluator, parts.variables(state)))
       if eval_metrics:
         writer.write(step, eval_metrics)
         ckpts.save_if_best(step, state, meta, eval_metrics)
-      due_by_time = time.monotonic() - saved_at > 60 * config.train.checkpoint_minutes
-      if step % config.train.checkpoint_every == 0 or step == last or due_by_time or interrupts.requested:
+      if step % config.train.checkpoint_every == 0 or step == last or due_by_time or stop:
         ckpts.save(step, state, meta)
         saved_at = time.monotonic()
-      if interrupts.requested:
+      if stop:
         jax.block_until_ready(state)
-        log.warning("%s: saved a checkpoint at step %d; rerun the same command to resume", interrupts.received, step)
+        why = interrupts.received or "an interrupt of another process"
+        log.warning("%s: saved a checkpoint at step %d; rerun the same command to resume", why, step)
         break
     jax.block_until_ready(state)
     bar.update(len(in_flight))
@@ -181,3 +184,12 @@ def train_loop(config, workdir: str, mesh, state, parts: Parts, evaluators, ckpt
     ckpts.close()
     writer.close()
   return state
+
+
+def on_any_process(*flags: bool) -> tuple[bool, ...]:
+  """Each flag or-ed over all processes, so that every process takes the same branch: saves and evaluations are
+  collective, and a signal or a clock seen by one process alone would leave the others waiting for it."""
+  if jax.process_count() == 1:
+    return flags
+  gathered = jax.experimental.multihost_utils.process_allgather(np.asarray(flags))
+  return tuple(bool(f) for f in gathered.any(axis=0))
