@@ -139,3 +139,19 @@ def test_multiclass_scoring_reports_per_class_metrics_a_positive_class_and_a_pri
   assert set(result["vote"]["positive_class"]) == {"name", "sensitivity", "specificity", "auc"}
   assert "misclassification_auroc" in result["vote"]
   assert os.path.getsize(tmp_path / "out" / "confusion_matrix.png") > 1000
+
+
+def test_a_fitted_temperature_is_stored_only_from_the_whole_eval_split_and_when_not_degenerate(tmp_path):
+  config = pneumoniamnist.get_config()
+  labels = np.arange(40) % 2
+  informative = np.stack([0.05 + 0.002 * labels, 0.052 - 0.002 * labels], axis=1)  # the true class errs less
+  informative = informative + np.random.default_rng(0).normal(0, 0.001, informative.shape)
+  totals = Totals(np.arange(40), labels, np.ones((40, 2), int), informative, np.ones(40), np.ones(40))
+  _, source = split_scoring._fit_or_fall_back(config, str(tmp_path), 3400, "val", totals, whole=False)
+  assert "not stored" in source and not os.listdir(tmp_path)
+  flat = Totals(np.arange(40), labels, np.ones((40, 2), int), np.full((40, 2), 0.05), np.ones(40), np.ones(40))
+  _, source = split_scoring._fit_or_fall_back(config, str(tmp_path), 3400, "val", flat)
+  assert source.startswith("degenerate") and not os.listdir(tmp_path)
+  temperature, source = split_scoring._fit_or_fall_back(config, str(tmp_path), 3400, "val", totals)
+  assert source == "fitted on val now"
+  assert modeldir.stored_temperature(str(tmp_path), modeldir.calibration_key(config, 3400)) == temperature

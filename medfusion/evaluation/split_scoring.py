@@ -147,7 +147,8 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
 
   totals = partial.totals(len(class_names))
   if temperature is None:
-    temperature, temperature_source = _fit_or_fall_back(config, workdir, model.step, split_name, totals)
+    whole = n == len(split.labels)
+    temperature, temperature_source = _fit_or_fall_back(config, workdir, model.step, split_name, totals, whole)
   prior = None
   if config.classify.prior != "uniform":
     train_labels = (
@@ -182,22 +183,34 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
   return result
 
 
-def _fit_or_fall_back(config, workdir: str, step: int, split_name: str, totals: Totals) -> tuple[float, str]:
-  """Fits T on the eval split and stores it for this checkpoint and these settings; other splits fall back to
-  T = 1 with a warning."""
-  if split_name == config.data.eval_split:
-    temperature = metrics.fit_temperature(-totals.mean_error, totals.label)
-    modeldir.store_temperature(
-      workdir, modeldir.calibration_key(config, step), temperature, split_name, len(totals.label)
+def _fit_or_fall_back(config, workdir: str, step: int, split_name: str, totals: Totals, whole: bool = True):
+  """(T, where it came from): fitted on the eval split and, when the whole split was scored and the fit is not
+  degenerate, stored for this checkpoint and these settings; other splits fall back to T = 1 with a warning."""
+  if split_name != config.data.eval_split:
+    log.warning(
+      "No temperature fitted for this checkpoint and these classify settings (error, t range, draws); score the "
+      "%s split first or set --config.classify.temperature. Using T = 1",
+      config.data.eval_split,
     )
-    log.info("Fitted temperature %.4g on %s; stored in %s", temperature, split_name, workdir)
-    return temperature, f"fitted on {split_name} now"
-  log.warning(
-    "No temperature fitted for this checkpoint and these classify settings (error, t range, draws); score the "
-    "%s split first or set --config.classify.temperature. Using T = 1",
-    config.data.eval_split,
-  )
-  return 1.0, "fallback 1.0: none fitted for these settings"
+    return 1.0, "fallback 1.0: none fitted for these settings"
+  temperature = metrics.fit_temperature(-totals.mean_error, totals.label)
+  if metrics.temperature_is_degenerate(temperature):
+    log.warning(
+      "The temperature fitted on %s is degenerate (T = %.3g, at the edge of the search): the mean errors do not "
+      "separate the classes there (an untrained model?); it is used for this run but not stored",
+      split_name,
+      temperature,
+    )
+    return temperature, f"degenerate fit on {split_name}, not stored"
+  if not whole:
+    log.warning(
+      "Fitted T = %.4g on the first %d images of %s for this run only", temperature, len(totals.label), split_name
+    )
+    return temperature, f"fitted on the first {len(totals.label)} images of {split_name}, not stored"
+  key = modeldir.calibration_key(config, step)
+  modeldir.store_temperature(workdir, key, temperature, split_name, len(totals.label))
+  log.info("Fitted temperature %.4g on %s; stored in %s", temperature, split_name, workdir)
+  return temperature, f"fitted on {split_name} now"
 
 
 _FORMATS = {"mean_error": ".8g", "prob": ".8g", "vote_share": ".6g", "entropy": ".6g", "margin": ".6g"}
