@@ -77,10 +77,10 @@ def test_cli_rejects_bad_data_and_checkpoints_in_one_line(tmp_path, tfds_dir, le
   assert not os.path.exists(f"{tmp_path}/out/scores.csv")
 
 
-def _start(args):
+def _start(args, stderr=subprocess.PIPE):
   env = {**os.environ, "PYTHONPATH": ROOT}
   return subprocess.Popen(
-    [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True
   )
 
 
@@ -268,13 +268,7 @@ def test_ctrl_c_during_compilation_exits_cleanly(tmp_path, tfds_dir):
     "--config.train.steps=500",
   ]
   with open(log, "w") as stderr:
-    proc = subprocess.Popen(
-      [sys.executable, *args],
-      cwd=ROOT,
-      env={**os.environ, "PYTHONPATH": ROOT},
-      stdout=subprocess.DEVNULL,
-      stderr=stderr,
-    )
+    proc = _start(args, stderr)
     deadline = time.time() + 300
     while "parameters;" not in log.read_text() and proc.poll() is None and time.time() < deadline:
       time.sleep(0.05)

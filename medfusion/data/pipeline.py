@@ -210,39 +210,20 @@ def load_split(data_config, split: str) -> Split:
 
       builder = SyntheticLesions(config=data_config.synthetic_config, data_dir=data_config.tfds_data_dir)
       what = f"synthetic_lesions ({data_config.synthetic_config})"
-    elif source == "chexpert":
-      from medfusion.data.chexpert import ChexpertManual
+    elif source in ("chexpert", "isic"):  # config.data.<source> holds exactly the builder's options
+      if source == "chexpert":
+        from medfusion.data.chexpert import ChexpertManual as Builder
+      else:
+        from medfusion.data.isic import IsicManual as Builder
 
-      options = data_config.chexpert
-      builder = ChexpertManual(
-        manual_dir=options.manual_dir,
-        split_lists=options.split_lists,
-        finding=options.finding,
-        uncertain=options.uncertain,
-        frontal_only=options.frontal_only,
-        val_fraction=options.val_fraction,
-        split_seed=options.split_seed,
+      options = data_config[source]
+      builder = Builder(
+        **options.to_dict(),
         image_size=data_config.image_size,
         on_bad_file=data_config.on_bad_file,
         data_dir=data_config.tfds_data_dir,
       )
-      what = f"CheXpert in {options.manual_dir}"
-    elif source == "isic":
-      from medfusion.data.isic import IsicManual
-
-      options = data_config.isic
-      builder = IsicManual(
-        manual_dir=options.manual_dir,
-        layout=options.layout,
-        split_lists=options.split_lists,
-        val_fraction=options.val_fraction,
-        test_fraction=options.test_fraction,
-        split_seed=options.split_seed,
-        image_size=data_config.image_size,
-        on_bad_file=data_config.on_bad_file,
-        data_dir=data_config.tfds_data_dir,
-      )
-      what = f"ISIC in {options.manual_dir}"
+      what = f"{dict(chexpert='CheXpert', isic='ISIC')[source]} in {options.manual_dir}"
     else:
       raise ValueError(f"config.data.source={source!r} is not one of {SOURCES}")
     images, labels, masks = _load_tfds(builder, split, what, hint)
