@@ -40,5 +40,13 @@ source launch/gpu_env.sh
   timeout 120 "$py" -m benchmarks.kernel --model=paper --dtypes=float32 --repeats=2 --chunk_size=32 \
     --tag=paper_float32 --out_dir="$out"
   echo "== kernel paper float32 exit status $?"
+  # What a user waits for: medfusion.score on the shipped model's validation split, end to end, at the full budget
+  # and with early stopping (needs prepared/pneumoniamnist carried: python -m medfusion.prepare
+  # --config=configs/pneumoniamnist.py --output=prepared/pneumoniamnist).
+  timeout 150 "$py" -m benchmarks.score --workdir=pretrained/pneumoniamnist --split=val --out_dir="$out" \
+    --overrides="--config.data.source=arrays --config.data.folder=prepared/pneumoniamnist \
+--config.classify.batch_size=128 --config.classify.chunk_size=1024" \
+    --rules="full:,early_stop:--config.classify.adaptive=sequential"
+  echo "== score exit status $?"
   echo "== $(date -u +%FT%TZ) done"
 } 2>&1 | tee "$log"

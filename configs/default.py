@@ -16,6 +16,7 @@ import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 BUNDLED_NPZ = str(REPO / "data" / "pneumoniamnist_28.npz")
+DERMAMNIST_NPZ = str(REPO / "data" / "dermamnist_28.npz")
 MODEL_PRESETS = ("small", "paper", "original_unet", "dit")
 
 
@@ -57,6 +58,9 @@ def base_config():
   config.data.train_split = "train"
   config.data.eval_split = "val"
   config.data.on_bad_file = "stop"  # stop | skip (image folders)
+  # Training-batch augmentation, deterministic for the seed: none | flips | flips_rot90 (all 8 flips and 90-degree
+  # rotations; label-preserving for skin lesions, not for chest X-rays, which are not left-right symmetric).
+  config.data.augment = "none"
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 2400
@@ -133,6 +137,24 @@ def get_config(arg: str = ""):
   # comma-separated weights, one per class. The vote is unaffected (each draw votes for its lowest error).
   config.classify.prior = "uniform"
   config.classify.positive_class = ""  # a class name: metrics.json adds it against the rest (e.g. mel)
+
+  # Sampling and explanations (medfusion.sample, medfusion.explain; medfusion/explanations/). Randomness comes from
+  # config.seed: sample i uses the noise of key(seed) folded with i, a counterfactual of image i that of its index, so
+  # every target class of one image starts from the same noise.
+  config.explain = ml_collections.ConfigDict()
+  # partial_noising | ddim_inversion: how counterfactuals are made. DDIM inversion kept the image closer at an equal
+  # or higher flip rate on synthetic lesions and PneumoniaMNIST (docs/explanations.md); partial noising is the
+  # original code's way.
+  config.explain.method = "ddim_inversion"
+  config.explain.t_star = 0.5  # noise level t* in (0, 1] a counterfactual starts from (partial noising, inversion)
+  config.explain.guidance = 4.5  # classifier-free guidance w: (1 + w) * conditional - w * null class; 0: conditional
+  config.explain.steps = 50  # denoising steps over [0, 1]; a counterfactual runs round(t_star * steps) of them
+  config.explain.sampler = "ddim"  # ddim | ddpm: medfusion.sample and partial noising (DDIM inversion uses DDIM)
+  config.explain.invert_class = "null"  # null | predicted: the class DDIM inversion runs under
+  config.explain.smoothing_sigma = 1.0  # Gaussian blur (pixels) of difference maps before normalising; 0: none
+  config.explain.error_map = True  # the error-difference map: per-pixel errors on the classify draws (B*C*H*W memory)
+  config.explain.batch_size = 32  # examples (image x target class) per sampler call (padded; never recompiles)
+  config.explain.dtype = "float32"  # float32 | bfloat16: the denoiser's compute dtype when sampling
 
   # Validation loss of the EMA model on fixed draws of the first `num_examples` eval images.
   config.evals.loss = ml_collections.ConfigDict(
@@ -253,4 +275,5 @@ def smoke(config):
   config.classify.num_draws = 8
   config.classify.batch_size = 16
   config.classify.chunk_size = 64
+  config.explain.steps = 10  # counterfactuals from t_star 0.5: 5 steps
   return config

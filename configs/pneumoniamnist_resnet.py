@@ -29,10 +29,10 @@ def get_config(arg: str = ""):
   config.optim.nesterov = True  # sgd only
   config.optim.label_smoothing = 0.0
 
-  # Applied in the jitted train step; no flips by default: chest X-rays are not left-right symmetric.
+  # Applied in the jitted train step (flips and rotations are config.data.augment, off: chest X-rays are not
+  # left-right symmetric).
   config.augment = ml_collections.ConfigDict()
   config.augment.crop_padding = 4  # random crop of the zero-padded image = translation by up to 4 pixels
-  config.augment.flip = False
 
   config.train.steps = 552
   config.train.batch_size = 128

@@ -1,7 +1,7 @@
 """Checks a config before any work starts, so a bad value fails in one line naming the field.
 
 The choices and ranges live with the code that uses them: this builds each typed spec from the config (model,
-schedule, loss, kernel, classifier, evaluators) and lets it validate its own fields.
+schedule, loss, kernel, classifier, evaluators, sampler) and lets it validate its own fields.
 """
 
 from medfusion import models, runtime
@@ -10,6 +10,7 @@ from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
 from medfusion.evaluation import evaluators, report
+from medfusion.explanations import counterfactual, sampler
 from medfusion.training import loop, resnet
 
 
@@ -47,3 +48,10 @@ def check(config) -> None:
     )
   if config.classify.temperature is not None and not config.classify.temperature > 0:
     raise ConfigError(f"config.classify.temperature={config.classify.temperature!r} must be positive")
+  sampler.SamplerSpec.from_config(config)
+  counterfactual.CounterfactualSpec.from_config(config)
+  e = config.explain
+  if not (isinstance(e.smoothing_sigma, (int, float)) and e.smoothing_sigma >= 0):
+    raise ConfigError(f"config.explain.smoothing_sigma={e.smoothing_sigma!r} must be a number >= 0")
+  if not isinstance(e.error_map, bool):
+    raise ConfigError(f"config.explain.error_map={e.error_map!r} must be True or False")

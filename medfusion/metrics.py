@@ -241,10 +241,13 @@ def fit_temperature(logits: ArrayLike, labels: ArrayLike) -> float:
   a bounded scalar search refines it.
 
   Args:
-    logits: float [N, C], e.g. negative mean errors per class.
+    logits: float [N, C], e.g. negative mean errors per class (-inf for a class pruned from an image).
     labels: int [N], the true classes.
   """
   labels, logits = _labels_and_scores(labels, logits, "logits")
+  # A true class pruned from an image (logit -inf) costs infinite NLL at every T: it cannot inform the fit.
+  kept = np.isfinite(logits[np.arange(labels.size), labels])
+  labels, logits = labels[kept], logits[kept]
   rows = np.arange(labels.size)
 
   def nll(log_t: float) -> float:

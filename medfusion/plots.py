@@ -7,7 +7,8 @@ with os.replace, so a killed process leaves either the old file or the new one, 
 
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import BinaryIO
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -27,14 +28,15 @@ def _new_axes(xlabel: str, ylabel: str, title: str):
   return figure, axes
 
 
-def _save_atomically(figure: Figure, path: str | os.PathLike) -> None:
-  """Writes `figure` as a PNG at `path` via a temporary file in the same folder and os.replace."""
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+  """Calls `write(file)` on a temporary file in the folder of `path`, then fsync and os.replace: readers see the
+  old file or the whole new one, never part of it."""
   folder, name = os.path.split(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
   try:
     with open(temporary, "xb") as file:
-      figure.savefig(file, format="png", bbox_inches="tight")
+      write(file)
       file.flush()
       os.fsync(file.fileno())
     os.replace(temporary, path)
@@ -42,6 +44,11 @@ def _save_atomically(figure: Figure, path: str | os.PathLike) -> None:
     if os.path.exists(temporary):
       os.remove(temporary)
     raise
+
+
+def _save_atomically(figure: Figure, path: str | os.PathLike) -> None:
+  """Writes `figure` as a PNG at `path` (write_atomically)."""
+  write_atomically(path, lambda file: figure.savefig(file, format="png", bbox_inches="tight"))
 
 
 def save_risk_coverage_png(

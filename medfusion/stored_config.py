@@ -18,11 +18,24 @@ import ml_collections
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PLACEHOLDERS = {("classify", "temperature"): float}  # fields whose unset value (null) has a type
 # Fields added after models were first stored, with the value that reproduces the older behaviour; a config.json
-# written before a field existed gets it from here (diffusion configs only).
+# written before a field existed gets it from here (diffusion configs; `data` fields for every config).
 ADDED_FIELDS = {
+  "data": {"augment": "none"},
   "model": {"wavelet": False},
   "train": {"checkpoint_minutes": 10.0},
   "classify": {"prior": "uniform", "positive_class": ""},
+  "explain": {
+    "method": "ddim_inversion",
+    "t_star": 0.5,
+    "guidance": 4.5,
+    "steps": 50,
+    "sampler": "ddim",
+    "invert_class": "null",
+    "smoothing_sigma": 1.0,
+    "error_map": True,
+    "batch_size": 32,
+    "dtype": "float32",
+  },
 }
 
 
@@ -44,8 +57,8 @@ def get_config(workdir: str):
       stored = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: cannot read the model's config ({e}); pass --config=configs/X.py") from None
-  if "diffusion" in stored:
-    for section, fields in ADDED_FIELDS.items():
+  for section, fields in ADDED_FIELDS.items():
+    if "diffusion" in stored or (section == "data" and "data" in stored):
       for key, value in fields.items():
         stored.setdefault(section, {}).setdefault(key, value)
   config = _from_json(stored)

@@ -38,16 +38,14 @@ def test_cross_entropy_matches_optax_label_smoothing():
   np.testing.assert_allclose(baseline_trainer.cross_entropy(logits, labels, 0.1), expected, rtol=1e-6)
 
 
-def test_augment_translates_within_padding_and_flips():
+def test_augment_translates_within_padding():
   images = np.random.default_rng(0).uniform(-1.0, 1.0, (6, 8, 8, 1)).astype(np.float32)
-  np.testing.assert_array_equal(baseline_trainer.augment(images, jax.random.key(1), 0, False), images)
-  out = np.asarray(baseline_trainer.augment(images, jax.random.key(1), 2, False))
+  np.testing.assert_array_equal(baseline_trainer.augment(images, jax.random.key(1), 0), images)
+  out = np.asarray(baseline_trainer.augment(images, jax.random.key(1), 2))
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
   for image, crop in zip(padded, out, strict=True):
     assert any(np.array_equal(image[y : y + 8, x : x + 8], crop) for y in range(5) for x in range(5))
-  flipped = np.asarray(baseline_trainer.augment(images, jax.random.key(1), 0, True))
-  assert all(np.array_equal(f, i) or np.array_equal(f, i[:, ::-1]) for f, i in zip(flipped, images, strict=True))
-  assert not np.array_equal(flipped, images)
+  assert not np.array_equal(out, images)
 
 
 @pytest.mark.parametrize("name", baseline_trainer.OPTIMIZERS)
@@ -89,6 +87,9 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   assert math.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0
   labels, probs = baseline_trainer.evaluate_split(config, str(workdir), "val")
   assert evaluators.classification_report(labels, probs)["accuracy"] == result["accuracy"]
+  stored = np.load(workdir / "predictions_val.npz")
+  np.testing.assert_array_equal(stored["labels"], labels)
+  np.testing.assert_allclose(stored["probs"], probs, rtol=1e-6)
 
   # A run killed after step 9 left checkpoint 5 as its newest: a relaunch continues from it on the same data.
   first = {r["step"]: r["loss"] for r in _records(workdir) if "loss" in r}

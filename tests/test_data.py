@@ -202,6 +202,40 @@ def test_train_batches_process_slices_make_the_global_batch():
     pipeline.train_batches(split, 6, seed=0, process_count=4)
 
 
+def _dihedral(image: np.ndarray) -> list[np.ndarray]:
+  """The 8 flips and 90-degree rotations of a square [S, S, C] image."""
+  rotations = [np.rot90(image, k) for k in range(4)]
+  return rotations + [r[:, ::-1] for r in rotations]
+
+
+def test_augmentation_is_the_dihedral_group_and_keeps_order_and_labels():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (10, 6, 6, 3), dtype=np.uint8)
+  split = pipeline.Split(images, np.arange(10, dtype=np.int32), None)
+  plain = _take(pipeline.train_batches(split, 5, seed=3), 4)
+  for augment, group_size in (("flips", 4), ("flips_rot90", 8)):
+    augmented = _take(pipeline.train_batches(split, 5, seed=3, augment=augment), 4)
+    seen = set()
+    for before, after in zip(plain, augmented, strict=True):
+      np.testing.assert_array_equal(before["label"], after["label"])  # same examples in the same order
+      for original, image in zip(before["image"], after["image"], strict=True):
+        matches = [i for i, t in enumerate(_dihedral(original)) if np.array_equal(t, image)]
+        assert matches, f"{augment}: an augmented image is not a flip or rotation of its example"
+        seen.add(matches[0])
+    allowed = {0, 2, 4, 6} if augment == "flips" else set(range(8))  # flips: identity, rot180 and the two mirrors
+    assert seen <= allowed and len(seen) >= group_size - 1
+    again = _take(pipeline.train_batches(split, 5, seed=3, augment=augment), 4)
+    resumed = _take(pipeline.train_batches(split, 5, seed=3, start_step=2, augment=augment), 2)
+    for a, b in zip(augmented, again, strict=True):
+      np.testing.assert_array_equal(a["image"], b["image"])
+    for a, b in zip(augmented[2:], resumed, strict=True):
+      np.testing.assert_array_equal(a["image"], b["image"])
+  other_seed = _take(pipeline.train_batches(split, 5, seed=4, augment="flips_rot90"), 4)
+  assert not all(np.array_equal(a["image"], b["image"]) for a, b in zip(augmented, other_seed, strict=True))
+  with pytest.raises(ValueError, match="augment='rot45'"):
+    pipeline.train_batches(split, 5, seed=0, augment="rot45")
+
+
 def test_eval_batches_pad_the_last_batch():
   split = _in_memory_split(10)
   batches = list(pipeline.eval_batches(split, 4, start=1, stop=8))

@@ -9,6 +9,7 @@ from configs import default
 from medfusion import runtime
 from medfusion.classify import aggregate, classifier, draws, kernel
 from medfusion.diffusion import schedules
+from medfusion.evaluation import draw_analysis
 from medfusion.training import state as state_lib
 
 
@@ -128,8 +129,18 @@ def test_class_pruning_through_the_classifier(setup):
   for i in range(4):
     dropped = 1 - kept[i]
     np.testing.assert_allclose(tally.mean_errors[i, kept[i]], errors[i, kept[i]].mean(), rtol=1e-6)
-    np.testing.assert_allclose(tally.mean_errors[i, dropped], errors[i, dropped, :4].mean(), rtol=1e-6)
+    # a pruned class is placed by its paired gap on the draws it shared with the leader: kept mean + that gap
+    gap = errors[i, dropped, :4].astype(np.float64).mean() - errors[i, kept[i], :4].astype(np.float64).mean()
+    np.testing.assert_allclose(tally.pruned_gap[i, dropped], gap, rtol=1e-5)
+    np.testing.assert_allclose(tally.mean_errors[i, dropped], errors[i, kept[i]].mean() + gap, rtol=1e-5)
+    assert np.isnan(tally.pruned_gap[i, kept[i]])
     assert (
       tally.votes[i].sum() == 8
       and tally.votes[i, dropped] == aggregate.votes_from_errors(errors[i : i + 1, :, :4])[0, dropped]
     )
+  # medfusion.sweep's replay of the same schedule on the full error tensor does what the classifier did
+  labels = np.array([0, 1, 0, 1])
+  replay = draw_analysis.prune_sweep(errors, labels, [config.classify.prune_stages])
+  assert replay["nfe_per_image"] == [12.0]
+  assert replay["mean_accuracy"][0] == np.mean(aggregate.mean_prediction(tally.mean_errors) == labels)
+  assert replay["vote_accuracy"][0] == np.mean(aggregate.vote_prediction(tally.votes, tally.mean_errors) == labels)

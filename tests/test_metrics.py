@@ -128,6 +128,18 @@ def test_fit_temperature_recovers_known_temperature(scale):
   assert fitted == pytest.approx(scale * true_temperature, rel=0.2)
 
 
+def test_fit_temperature_ignores_images_whose_true_class_was_ruled_out():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(scale=3.0, size=(4000, 3))
+  labels = np.argmax(logits / 2.0 + rng.gumbel(size=logits.shape), axis=1)
+  reference = metrics.fit_temperature(logits, labels)
+  ruled_out = logits.copy()
+  extra = np.full((50, 3), 1.0)
+  extra[:, 0] = -np.inf  # class 0 was never a candidate for these images, yet it is their label
+  fitted = metrics.fit_temperature(np.concatenate([ruled_out, extra]), np.concatenate([labels, np.zeros(50, int)]))
+  assert np.isfinite(fitted) and fitted == pytest.approx(reference, rel=1e-4)
+
+
 def test_degenerate_temperature_fits_are_flagged():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 2, 200)

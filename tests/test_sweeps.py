@@ -35,3 +35,32 @@ def test_t_profile_bins_single_draw_accuracy():
   assert profile["accuracy"][9] == pytest.approx(2 / 3)
   assert profile["accuracy"][2] is None  # no draws in the bin: JSON null
   assert profile["accuracy_by_class"][0][9] == 1.0 and profile["accuracy_by_class"][1][9] == 0.0
+
+
+def test_in_t_range_keeps_the_draws_in_order_and_rejects_uneven_counts():
+  errors = np.arange(2 * 2 * 4, dtype=float).reshape(2, 2, 4)
+  t = np.array([[0.05, 0.5, 0.3, 0.95], [0.4, 0.02, 0.97, 0.6]])
+  kept, kept_t = draw_analysis.in_t_range(errors, t, 0.1, 0.9, "x.npz")
+  np.testing.assert_array_equal(kept_t, [[0.5, 0.3], [0.4, 0.6]])
+  np.testing.assert_array_equal(kept[0], errors[0][:, [1, 2]])
+  np.testing.assert_array_equal(kept[1], errors[1][:, [0, 3]])
+  with pytest.raises(ValueError, match="x.npz: 1 to 2 draws per image"):
+    draw_analysis.in_t_range(errors, t, 0.1, 0.55, "x.npz")
+
+
+def test_prune_sweep_keeps_the_best_classes_and_counts_evaluations():
+  # Three classes, 4 draws. Image 0 (label 2): class 0 leads on draws 0-1 only; class 2 wins the rest.
+  # Image 1 (label 1): class 1 best throughout.
+  errors = np.array(
+    [
+      [[0.1, 0.1, 0.9, 0.9], [0.5, 0.5, 0.5, 0.5], [0.2, 0.2, 0.1, 0.1]],
+      [[0.4, 0.4, 0.4, 0.4], [0.1, 0.1, 0.1, 0.1], [0.3, 0.3, 0.3, 0.3]],
+    ]
+  )
+  labels = np.array([2, 1])
+  result = draw_analysis.prune_sweep(errors, labels, [((2, 2), (2, 2)), ((2, 1), (2, 1))])
+  assert result["nfe_per_image"] == [2 * 3 + 2 * 2, 2 * 3 + 2 * 1]
+  # keep 2 after draws 0-1: classes 0 and 2 go on; over all 4 draws class 2 (0.15) beats class 0 (0.5)
+  assert result["mean_accuracy"][0] == 1.0 and result["agreement"][0] == 1.0
+  # keep 1: image 0 keeps class 0 (the early leader) and is wrong; image 1 is right
+  assert result["mean_accuracy"][1] == 0.5 and result["vote_accuracy"][1] == 0.5

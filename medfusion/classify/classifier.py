@@ -19,7 +19,9 @@ from medfusion.errors import ConfigError
 from medfusion.models import make_denoiser
 from medfusion.models.unet import DTYPES
 
-Progress = Callable[[int], object] | None  # called with the number of images finished since the last call
+# called with the number of images finished since the last call (a fraction of them where stages of class pruning
+# finish parts of an image)
+Progress = Callable[[float], object] | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +82,14 @@ class Tally:
   error_count: np.ndarray  # [N, C] int: draws evaluated per class
   draws: np.ndarray  # [N] int: draws evaluated per image
   nfe: np.ndarray  # [N] int: network evaluations per image
+  # [N, C] float: for a class dropped by class pruning, its mean error minus the leader's on the draws both had
+  # when it was dropped (paired, >= 0); NaN for classes never dropped
+  pruned_gap: np.ndarray
 
   @classmethod
   def zeros(cls, n: int, c: int) -> "Tally":
-    return cls(np.zeros((n, c), int), np.zeros((n, c)), np.zeros((n, c), int), np.zeros(n, int), np.zeros(n, int))
+    counts, sums = np.zeros((n, c), int), np.zeros((n, c))
+    return cls(counts.copy(), sums, counts, np.zeros(n, int), np.zeros(n, int), np.full((n, c), np.nan))
 
   def add(self, rows, errors, class_ids) -> None:
     """Adds errors [b, C', R] of images `rows` evaluated on `class_ids` [b, C']."""
@@ -99,9 +105,15 @@ class Tally:
 
   @property
   def mean_errors(self) -> np.ndarray:
-    """Mean error per class; +inf for classes never evaluated (pruned)."""
+    """Mean error per class over the image's draws. A class dropped by class pruning was evaluated on fewer draws
+    than the survivors, so its own mean does not compare with theirs: it gets the best survivor's mean plus its
+    paired gap to the leader when it was dropped (`pruned_gap`), so it never wins and keeps a probability that
+    reflects how far behind it was. +inf for classes never evaluated."""
+    survivors = (self.error_count > 0) & (self.error_count == self.error_count.max(axis=1, keepdims=True))
     with np.errstate(invalid="ignore", divide="ignore"):
-      return np.where(self.error_count > 0, self.error_sum / np.maximum(self.error_count, 1), np.inf)
+      means = np.where(survivors, self.error_sum / np.maximum(self.error_count, 1), np.inf)
+    dropped = ~survivors & np.isfinite(self.pruned_gap)
+    return np.where(dropped, means.min(axis=1, keepdims=True) + np.nan_to_num(self.pruned_gap), means)
 
 
 class DiffusionClassifier:
@@ -184,20 +196,29 @@ class DiffusionClassifier:
 
   def _score_pruned(self, images, indices, progress: Progress) -> Tally:
     """Staged class pruning: each stage evaluates `draws` new draws on the candidate classes, then keeps the
-    `keep` candidates with the lowest mean error for the next stage."""
+    `keep` candidates with the lowest mean error for the next stage; a dropped class keeps its gap to the leader
+    on the draws they shared (`Tally.pruned_gap`)."""
     n, c, b = len(images), self.num_classes, self.spec.batch_size
     tally = Tally.zeros(n, c)
     candidates = np.broadcast_to(np.arange(c), (n, c))
     first = 0
+    # progress advances with the work done: each stage's share of an image's network evaluations
+    stages = self.spec.prune_stages
+    classes_per_stage = [c] + [keep for _, keep in stages[:-1]]
+    costs = [draws * classes for (draws, _), classes in zip(stages, classes_per_stage, strict=True)]
     for stage, (stage_draws, keep) in enumerate(self.spec.prune_stages):
       draw_ids = np.broadcast_to(first + np.arange(stage_draws), (n, stage_draws))
       for lo in range(0, n, b):
         rows = np.arange(lo, min(lo + b, n))
         errors = self.errors(images[rows], indices[rows], draw_ids[rows], candidates[rows])
         tally.add(rows, errors, candidates[rows])
-        if progress is not None and stage == len(self.spec.prune_stages) - 1:
-          progress(len(rows))
+        if progress is not None:
+          progress(len(rows) * costs[stage] / sum(costs))
       first += stage_draws
-      order = np.argsort(np.take_along_axis(tally.mean_errors, candidates, axis=1), axis=1, kind="stable")
+      means = np.take_along_axis(tally.mean_errors, candidates, axis=1)
+      order = np.argsort(means, axis=1, kind="stable")
+      dropped = np.take_along_axis(candidates, order[:, keep:], axis=1)
+      gaps = np.take_along_axis(means, order[:, keep:], axis=1) - means.min(axis=1, keepdims=True)
+      np.put_along_axis(tally.pruned_gap, dropped, gaps, axis=1)
       candidates = np.take_along_axis(candidates, order[:, :keep], axis=1)
     return tally

@@ -22,19 +22,23 @@ from medfusion.errors import ConfigError
 ERRORS = ("eps_mse", "x_mse", "v_mse", "eps_l1")
 
 
-def pair_error(kind: str, output, x, eps, z, logsnr, prediction: str):
-  """Per-example error of one model output against the true x / eps / v of its draw."""
+def pixel_error(kind: str, output, x, eps, z, logsnr, prediction: str):
+  """Per-pixel error [N, H, W, C] of one model output against the true x / eps / v of its draw."""
   eps_hat, x_hat, v_hat = schedules.predict_eps_x_v(output, z, logsnr, prediction)
-  axes = tuple(range(1, x.ndim))
   if kind == "eps_mse":
-    return jnp.mean(jnp.square(eps_hat - eps), axis=axes)
+    return jnp.square(eps_hat - eps)
   if kind == "eps_l1":
-    return jnp.mean(jnp.abs(eps_hat - eps), axis=axes)
+    return jnp.abs(eps_hat - eps)
   if kind == "x_mse":
-    return jnp.mean(jnp.square(x_hat - x), axis=axes)
+    return jnp.square(x_hat - x)
   if kind == "v_mse":
-    return jnp.mean(jnp.square(v_hat - schedules.v_from_x_eps(x, eps, logsnr)), axis=axes)
+    return jnp.square(v_hat - schedules.v_from_x_eps(x, eps, logsnr))
   raise ValueError(f"error='{kind}' is not one of {ERRORS}")
+
+
+def pair_error(kind: str, output, x, eps, z, logsnr, prediction: str):
+  """Per-example error of one model output against the true x / eps / v of its draw: the mean of `pixel_error`."""
+  return jnp.mean(pixel_error(kind, output, x, eps, z, logsnr, prediction), axis=tuple(range(1, x.ndim)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +86,13 @@ class KernelSpec:
     )
 
 
-def local_errors(model: nn.Module, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
-  """Errors of one device's images: images [B,H,W,C], indices [B], draw_ids [B,R], class_ids [B,C'] -> [B,C',R]."""
+def _evaluations(spec: KernelSpec, images, indices, draw_ids, class_ids):
+  """The noised images of B images x R draws and the flat, chunked list of (image, class, draw) evaluations.
+
+  Returns (z, x, eps, logsnr) with one row per (image, draw), then `rows` and `labels` [chunks, chunk] (each
+  evaluation's row of z and its class; the last chunk is padded) and the number n of real evaluations. Evaluation
+  f = (b * C' + c) * R + r is image b, class c, draw r.
+  """
   b, r, c = images.shape[0], draw_ids.shape[1], class_ids.shape[1]
   keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(indices)
   t_all = jax.vmap(lambda k: draws.timesteps(k, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
@@ -101,7 +110,13 @@ def local_errors(model: nn.Module, spec: KernelSpec, params, images, indices, dr
   padded = -(-n // chunk) * chunk
   row = jnp.pad(row.reshape(-1), (0, padded - n)).reshape(-1, chunk)
   label = jnp.pad(label.reshape(-1), (0, padded - n)).reshape(-1, chunk)
-  flat_x, flat_eps, flat_logsnr = x.reshape(z.shape), eps.reshape(z.shape), logsnr.reshape(-1)
+  return (z, x.reshape(z.shape), eps.reshape(z.shape), logsnr.reshape(-1)), row, label, n
+
+
+def local_errors(model: nn.Module, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
+  """Errors of one device's images: images [B,H,W,C], indices [B], draw_ids [B,R], class_ids [B,C'] -> [B,C',R]."""
+  b, r, c = images.shape[0], draw_ids.shape[1], class_ids.shape[1]
+  (z, flat_x, flat_eps, flat_logsnr), row, label, n = _evaluations(spec, images, indices, draw_ids, class_ids)
 
   def evaluate(args):
     rows, labels = args
@@ -111,6 +126,34 @@ def local_errors(model: nn.Module, spec: KernelSpec, params, images, indices, dr
 
   errors = jax.lax.map(evaluate, (row, label)).reshape(-1)[:n]
   return errors.reshape(b, c, r)
+
+
+def local_pixel_errors(model: nn.Module, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
+  """`local_errors` and, from the same evaluations, each class's per-pixel error averaged over the R draws (and
+  the channels): (errors [B, C', R], pixel_errors [B, C', H, W]).
+
+  The error-difference map of medfusion.explain is a difference of two classes' pixel errors. The maps are
+  accumulated chunk by chunk, so memory grows by B x C' x H x W, not by the number of evaluations.
+  """
+  b, r, c = images.shape[0], draw_ids.shape[1], class_ids.shape[1]
+  (z, flat_x, flat_eps, flat_logsnr), row, label, n = _evaluations(spec, images, indices, draw_ids, class_ids)
+  flat = jnp.arange(row.size).reshape(row.shape)
+  pair = flat // r  # the (image, class) pair b * C' + c of each evaluation
+
+  def evaluate(total, args):
+    rows, labels, pairs, ids = args
+    zc, lc = z[rows], flat_logsnr[rows]
+    out = model.apply({"params": params}, zc, lc, labels)
+    pixels = pixel_error(spec.error, out, flat_x[rows], flat_eps[rows], zc, lc, spec.prediction)
+    per_example = jnp.mean(pixels, axis=tuple(range(1, pixels.ndim)))
+    valid = (ids < n).astype(pixels.dtype)[:, None, None]
+    total = total.at[pairs].add(jnp.mean(pixels, axis=-1) * valid)
+    return total, per_example
+
+  zeros = jnp.zeros((b * c, *images.shape[1:3]), jnp.float32)
+  total, errors = jax.lax.scan(evaluate, zeros, (row, label, pair, flat))
+  errors = errors.reshape(-1)[:n].reshape(b, c, r)
+  return errors, (total / r).reshape(b, c, *images.shape[1:3])
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,6 +169,21 @@ def make_kernel(model: nn.Module, spec: KernelSpec, mesh):
     mesh=mesh,
     in_specs=(P(), data, data, data, data),
     out_specs=data,
+    check_vma=False,
+  )
+  return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=8)
+def make_pixel_error_kernel(model: nn.Module, spec: KernelSpec, mesh):
+  """jit(shard_map(local_pixel_errors)): (params, images, indices, draw_ids, class_ids) -> (errors [B, C', R],
+  pixel_errors [B, C', H, W]); sharded as `make_kernel`. Opt-in: only the explanations use it."""
+  data = P(sharding.DATA_AXIS)
+  fn = jax.shard_map(
+    functools.partial(local_pixel_errors, model, spec),
+    mesh=mesh,
+    in_specs=(P(), data, data, data, data),
+    out_specs=(data, data),
     check_vma=False,
   )
   return jax.jit(fn)

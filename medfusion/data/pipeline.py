@@ -23,6 +23,10 @@ _RESIZE_CHUNK = 1024  # images resized per call, bounding the float32 copy
 SOURCES = ("npz", "synthetic_lesions", "image_folder", "arrays", "chexpert", "isic")
 FITS = ("pad", "resize")
 ON_BAD_FILE = ("stop", "skip")
+# Label-preserving training augmentations (config.data.augment): none; flips (each image flipped left-right and
+# up-down, each with probability 1/2); flips_rot90 (also transposed with probability 1/2: a uniform draw from the
+# 8 flips and 90-degree rotations of the square, right for dermoscopy where orientation carries no meaning).
+AUGMENTATIONS = ("none", "flips", "flips_rot90")
 # CheXpert's findings other than No Finding: the choices of config.data.chexpert.finding.
 CHEXPERT_FINDINGS = (
   "Enlarged Cardiomediastinum",
@@ -45,7 +49,8 @@ ISIC_LAYOUTS = ("2020", "2019")
 
 def check_data_config(data_config) -> None:
   """Raises ConfigError for the first invalid field of config.data."""
-  for field, choices in (("source", SOURCES), ("fit", FITS), ("on_bad_file", ON_BAD_FILE)):
+  fields = (("source", SOURCES), ("fit", FITS), ("on_bad_file", ON_BAD_FILE), ("augment", AUGMENTATIONS))
+  for field, choices in fields:
     if data_config[field] not in choices:
       raise ConfigError(f"config.data.{field}={data_config[field]!r} is not one of {choices}")
   for field in ("num_classes", "num_channels", "image_size"):
@@ -248,6 +253,32 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng((seed, epoch)).permutation(num_examples)
 
 
+def augmentation_draws(num_examples: int, seed: int, epoch: int, augment: str) -> np.ndarray:
+  """Per position of epoch `epoch`, which of the `augment` transforms it gets (see `apply_augmentation`): a pure
+  function of (seed, epoch), like `epoch_order`, so a resumed run augments exactly as an uninterrupted one."""
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f"config.data.augment={augment!r} is not one of {AUGMENTATIONS}")
+  if augment == "none":
+    return np.zeros(num_examples, np.int64)
+  return np.random.default_rng((seed, epoch, 1)).integers(0, 4 if augment == "flips" else 8, num_examples)
+
+
+def apply_augmentation(images: np.ndarray, draws: np.ndarray) -> np.ndarray:
+  """Transforms square images [N, S, S, C] by draw: bit 0 flips left-right, bit 1 up-down, bit 2 transposes."""
+  out = images.copy()
+  for draw in np.unique(draws):
+    rows = draws == draw
+    group = images[rows]
+    if draw & 4:
+      group = group.transpose(0, 2, 1, 3)
+    if draw & 1:
+      group = group[:, :, ::-1]
+    if draw & 2:
+      group = group[:, ::-1]
+    out[rows] = group
+  return out
+
+
 def train_batches(
   split: Split,
   global_batch_size: int,
@@ -255,29 +286,41 @@ def train_batches(
   start_step: int = 0,
   process_index: int = 0,
   process_count: int = 1,
+  augment: str = "none",
 ) -> Iterator[dict]:
   """Endless shuffled training batches; this process's rows of each global batch, from `start_step` on.
 
   Global batch s holds stream positions i = s*B + j (j < B); position i is example
-  epoch_order(N, seed, i // N)[i % N], a fresh permutation per epoch. Yields
+  epoch_order(N, seed, i // N)[i % N], a fresh permutation per epoch, transformed by
+  augmentation_draws(N, seed, i // N, augment)[i % N]. Yields
   {"image": float32 [B/P, S, S, C] in [-1, 1], "label": int32 [B/P]}.
   """
   if global_batch_size % process_count:
     raise ValueError(f"global batch size {global_batch_size} is not divisible by {process_count} processes")
   num_examples, local_batch_size = len(split.labels), global_batch_size // process_count
-  return _train_batches(split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples)
+  augmentation_draws(0, seed, 0, augment)  # a bad name fails here, not at the first batch
+  return _train_batches(
+    split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples, augment
+  )
 
 
-def _train_batches(split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples):
-  orders = {}  # epoch -> permutation, for the (at most two) epochs the current batch spans
+def _train_batches(split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples, augment):
+  epochs_seen = {}  # epoch -> (permutation, augmentation draws), for the (at most two) epochs the batch spans
   for step in range(start_step, np.iinfo(np.int64).max):
     rows = step * global_batch_size + process_index * local_batch_size + np.arange(local_batch_size)
     epochs, positions = np.divmod(rows, num_examples)
-    orders = {e: orders[e] if e in orders else epoch_order(num_examples, seed, e) for e in np.unique(epochs)}
-    indices = np.empty(local_batch_size, np.int64)
-    for epoch, order in orders.items():
+    epochs_seen = {
+      e: epochs_seen[e]
+      if e in epochs_seen
+      else (epoch_order(num_examples, seed, e), augmentation_draws(num_examples, seed, e, augment))
+      for e in np.unique(epochs)
+    }
+    indices, transforms = np.empty(local_batch_size, np.int64), np.empty(local_batch_size, np.int64)
+    for epoch, (order, draws) in epochs_seen.items():
       indices[epochs == epoch] = order[positions[epochs == epoch]]
-    yield {"image": split.images[indices].astype(np.float32) / 127.5 - 1.0, "label": split.labels[indices]}
+      transforms[epochs == epoch] = draws[positions[epochs == epoch]]
+    images = apply_augmentation(split.images[indices], transforms) if augment != "none" else split.images[indices]
+    yield {"image": images.astype(np.float32) / 127.5 - 1.0, "label": split.labels[indices]}
 
 
 def eval_batches(split: Split, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[dict]:

@@ -8,11 +8,13 @@ network evaluations.
 import os
 
 import numpy as np
+from sklearn import metrics as skm
 
 from medfusion import modeldir, plots
 from medfusion.classify import aggregate
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
+from medfusion.errors import UserError
 from medfusion.evaluation import driver
 from medfusion.writers import write_json_atomic, write_npz_atomic
 
@@ -33,12 +35,16 @@ def _vote_after(votes: np.ndarray, mean_errors: np.ndarray, draws: np.ndarray) -
 
 
 def k_sweep(errors: np.ndarray, labels: np.ndarray, ks) -> dict:
-  """Accuracy of the mean and vote aggregators on the first k draws, for each k in `ks`."""
+  """Accuracy and balanced accuracy of the mean and vote aggregators on the first k draws, for each k in `ks`."""
   votes, mean_errors = _running_totals(errors)
-  result = {"k": [int(k) for k in ks], "mean": [], "vote": []}
+  result = {"k": [int(k) for k in ks], "mean": [], "vote": [], "mean_balanced": [], "vote_balanced": []}
   for k in ks:
-    result["mean"].append(float(np.mean(aggregate.mean_prediction(mean_errors[:, :, k - 1]) == labels)))
-    result["vote"].append(float(np.mean(_vote_after(votes, mean_errors, np.full(len(labels), k)) == labels)))
+    for name, preds in (
+      ("mean", aggregate.mean_prediction(mean_errors[:, :, k - 1])),
+      ("vote", _vote_after(votes, mean_errors, np.full(len(labels), k))),
+    ):
+      result[name].append(float(np.mean(preds == labels)))
+      result[f"{name}_balanced"].append(float(skm.balanced_accuracy_score(labels, preds)))
   return result
 
 
@@ -89,6 +95,67 @@ def mean_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_ro
   return result
 
 
+def in_t_range(errors: np.ndarray, t: np.ndarray, t_min: float, t_max: float, what: str):
+  """The stored draws with t in [t_min, t_max], in their order: replaying a narrower t range than the draws were
+  made for. Stratified draws leave every image the same number; anything else is an error naming `what`."""
+  keep = (t >= t_min) & (t <= t_max)
+  counts = keep.sum(axis=1)
+  if counts.min() != counts.max() or counts.min() == 0:
+    raise UserError(
+      f"{what}: {counts.min()} to {counts.max()} draws per image lie in t in [{t_min}, {t_max}]; a replay needs the "
+      "same number (> 0) for every image (stratified draws over a range that holds this one)"
+    )
+  n, c, _ = errors.shape
+  return errors[np.repeat(keep[:, None, :], c, axis=1)].reshape(n, c, -1), t[keep].reshape(n, -1)
+
+
+def prune_schedules(num_draws: int, num_classes: int) -> list[tuple[tuple[int, int], ...]]:
+  """The staged pruning schedules `prune_sweep` replays by default: a first stage of 4, 8 or 16 draws on every
+  class keeping the best 2 or 3, then the rest of a budget of K/2 or K draws on those."""
+  schedules = []
+  for total in sorted({num_draws // 2, num_draws}):
+    for first in (4, 8, 16):
+      for keep in (2, 3):
+        if first < total and keep < num_classes:
+          schedules.append(((first, keep), (total - first, keep)))
+  return schedules
+
+
+def prune_sweep(errors: np.ndarray, labels: np.ndarray, schedules) -> dict:
+  """Staged class pruning (`classify.prune_stages`) replayed on the error tensor, as the classifier does it: each
+  stage adds its draws for the candidate classes, then keeps the candidates with the lowest mean error. Per
+  schedule: network evaluations per image, agreement with the full budget's mean-error prediction, and accuracy
+  and balanced accuracy of both aggregators."""
+  n, c, k = errors.shape
+  full = aggregate.mean_prediction(errors.mean(axis=2))
+  rows = np.arange(n)[:, None]
+  result = {"schedules": [], "nfe_per_image": [], "agreement": []}
+  for name in ("mean", "vote"):
+    result[f"{name}_accuracy"], result[f"{name}_balanced_accuracy"] = [], []
+  for schedule in schedules:
+    evaluated = np.zeros((n, c, k), bool)
+    candidates, first = np.broadcast_to(np.arange(c), (n, c)), 0
+    for stage_draws, keep in schedule:
+      evaluated[rows, candidates, first : first + stage_draws] = True
+      first += stage_draws
+      counts = evaluated.sum(axis=2)  # the survivors' means only, as Tally.mean_errors
+      survivors = counts == counts.max(axis=1, keepdims=True)
+      means = np.where(survivors, np.where(evaluated, errors, 0.0).sum(axis=2) / np.maximum(counts, 1), np.inf)
+      order = np.argsort(np.take_along_axis(means, candidates, axis=1), axis=1, kind="stable")
+      candidates = np.take_along_axis(candidates, order[:, :keep], axis=1)
+    mean_preds = aggregate.mean_prediction(means)
+    # each draw votes among the classes evaluated on it, as Tally.add counts stage by stage
+    winners = np.argmin(np.where(evaluated, errors, np.inf), axis=1)[:, None, :] == np.arange(c)[None, :, None]
+    vote_preds = aggregate.vote_prediction((winners & evaluated.any(axis=1)[:, None, :]).sum(axis=2), means)
+    result["schedules"].append([list(stage) for stage in schedule])
+    result["nfe_per_image"].append(float(evaluated.sum() / n))
+    result["agreement"].append(float(np.mean(mean_preds == full)))
+    for name, preds in (("mean", mean_preds), ("vote", vote_preds)):
+      result[f"{name}_accuracy"].append(float(np.mean(preds == labels)))
+      result[f"{name}_balanced_accuracy"].append(float(skm.balanced_accuracy_score(labels, preds)))
+  return result
+
+
 def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: int = 10) -> dict:
   """Single-draw accuracy (the draw's lowest-error class is the label) in `num_bins` equal bins of t, overall
   and per true class: where in the schedule the class signal lies. Bins without draws hold None (JSON null)."""
@@ -122,7 +189,8 @@ def sweep_split(
     with np.load(errors_npz) as stored:
       errors, t, labels = stored["errors"], stored["t"], stored["labels"]
     n = len(labels) if max_examples <= 0 else min(max_examples, len(labels))
-    errors, t, labels = errors[:n], t[:n], labels[:n]
+    errors, t = in_t_range(errors[:n], t[:n], config.classify.t_min, config.classify.t_max, errors_npz)
+    labels = labels[:n]
   else:
     split = pipeline.load_split(config.data, split_name)
     n = len(split.labels) if max_examples <= 0 else min(max_examples, len(split.labels))
@@ -139,11 +207,13 @@ def sweep_split(
     "checkpoint_step": step,
     "workdir": os.path.abspath(workdir),
     "classify": config.classify.to_dict(),
-    "k_sweep": k_sweep(errors, labels, [2**i for i in range(k.bit_length())]),
+    "k_sweep": k_sweep(errors, labels, sorted({2**i for i in range(k.bit_length())} | {k})),
     "t_profile": t_profile(errors, t, labels),
     "early_stop": early_stop_sweep(errors, labels, DELTAS, config.classify.draws_per_round),
     "mean_stop": mean_stop_sweep(errors, labels, DELTAS, config.classify.draws_per_round),
   }
+  if errors.shape[1] > 2:
+    result["prune"] = prune_sweep(errors, labels, prune_schedules(k, errors.shape[1]))
   os.makedirs(output, exist_ok=True)
   write_npz_atomic(os.path.join(output, "errors.npz"), errors=errors, t=t, labels=labels)
   write_json_atomic(os.path.join(output, "sweep.json"), result)
@@ -189,3 +259,19 @@ def _plot_frontier(result: dict, path: str) -> None:
   plots.save_xy_plot_png(
     path, curves, "network evaluations per image", "accuracy", f"{result['split']}: early stopping over delta"
   )
+  if "prune" in result:  # many classes: the cost of each rule against balanced accuracy, pruning included
+    sweep, prune = result["k_sweep"], result["prune"]
+    order = np.argsort(prune["nfe_per_image"])
+    curves = {
+      "mean, first k draws": (np.asarray(sweep["k"]) * c, sweep["mean_balanced"]),
+      "vote, first k draws": (np.asarray(sweep["k"]) * c, sweep["vote_balanced"]),
+      "mean, class pruning": (np.take(prune["nfe_per_image"], order), np.take(prune["mean_balanced_accuracy"], order)),
+      "vote, class pruning": (np.take(prune["nfe_per_image"], order), np.take(prune["vote_balanced_accuracy"], order)),
+    }
+    plots.save_xy_plot_png(
+      os.path.join(os.path.dirname(path), "frontier_balanced.png"),
+      curves,
+      "network evaluations per image",
+      "balanced accuracy",
+      f"{result['split']}: balanced accuracy against cost ({c} classes)",
+    )

@@ -18,7 +18,15 @@ from medfusion.evaluation.report import Totals
 
 def progress_bar(total: int, desc: str, initial: int = 0, enabled: bool = True) -> tqdm.tqdm:
   """Images done, images/s and the time left; advanced after every kernel call (process 0 only)."""
-  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not enabled or jax.process_index() != 0)
+  return tqdm.tqdm(
+    total=total,
+    initial=initial,
+    desc=desc,
+    unit="img",
+    disable=not enabled or jax.process_index() != 0,
+    # class pruning advances by fractions of images (classifier.Progress): whole images are shown
+    bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+  )
 
 
 def classify_split(

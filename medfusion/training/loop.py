@@ -134,7 +134,13 @@ def train_loop(config, workdir: str, mesh, state, parts: Parts, evaluators, ckpt
   start, last = int(state.step), config.train.steps
   writer = MetricWriter(workdir, resume_step=start)
   batches = pipeline.train_batches(
-    train_split, config.train.batch_size, config.seed, start, jax.process_index(), jax.process_count()
+    train_split,
+    config.train.batch_size,
+    config.seed,
+    start,
+    jax.process_index(),
+    jax.process_count(),
+    config.data.augment,
   )
   meta = {"data": {"seed": config.seed, "examples_seen": 0}}
   bar = tqdm.tqdm(

@@ -22,7 +22,7 @@ from medfusion.errors import ConfigError
 from medfusion.evaluation import evaluators
 from medfusion.models.resnet import ResNet, ResNetConfig
 from medfusion.training import loop, optim
-from medfusion.writers import write_json_atomic
+from medfusion.writers import write_json_atomic, write_npz_atomic
 
 log = logging.getLogger("medfusion")
 
@@ -56,25 +56,22 @@ def cross_entropy(logits, labels, label_smoothing: float):
   return (1.0 - label_smoothing) * hard + label_smoothing * uniform
 
 
-def augment(images, key, crop_padding: int, flip: bool):
-  """Random crops of the zero-padded images (translations by up to `crop_padding` pixels), optional h-flips.
+def augment(images, key, crop_padding: int):
+  """Random crops of the zero-padded images (translations by up to `crop_padding` pixels); flips and rotations
+  are the pipeline's (config.data.augment), shared with the diffusion trainer.
 
   Padding is black (pixel value 0, i.e. -1 after scaling), the same fill the pipeline pads 28x28 images with.
   Draws depend on the global batch, never on how it is split over devices.
   """
   num, height, width, channels = images.shape
-  shift_key, flip_key = jax.random.split(key)
   pad = ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0))
   padded = jnp.pad(images, pad, constant_values=-1.0)
-  offsets = jax.random.randint(shift_key, (num, 2), 0, 2 * crop_padding + 1)
+  offsets = jax.random.randint(key, (num, 2), 0, 2 * crop_padding + 1)
 
   def crop(image, offset):
     return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (height, width, channels))
 
-  images = jax.vmap(crop)(padded, offsets)
-  if flip:
-    images = jnp.where(jax.random.bernoulli(flip_key, shape=(num, 1, 1, 1)), images[:, :, ::-1], images)
-  return images
+  return jax.vmap(crop)(padded, offsets)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -118,9 +115,7 @@ def make_train_step(config, model, optimizer, mesh):
   lr_schedule = optim.learning_rate(config.train)
 
   def train_step(state, batch):
-    images = augment(
-      batch["image"], jax.random.fold_in(base_key, state.step), config.augment.crop_padding, config.augment.flip
-    )
+    images = augment(batch["image"], jax.random.fold_in(base_key, state.step), config.augment.crop_padding)
 
     def loss_fn(params):
       logits, updates = model.apply(
@@ -175,9 +170,10 @@ def _batch_size(config) -> int:
 
 
 def _write_best_metrics(config, workdir: str) -> None:
-  """Scores the best checkpoint on the whole eval split and times its inference into metrics_val.json."""
+  """Scores the best checkpoint on the whole eval split and times its inference into metrics_val.json; the
+  probabilities go to predictions_val.npz (labels, probs) for comparisons computed later."""
   mesh = sharding.make_mesh()
-  best, best_step, which = _restore_best(config, workdir, mesh)
+  best, best_step, which = restore_best(config, workdir, mesh)
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
   predict_step, batch_size = evaluators.make_predict_step(config, mesh), _batch_size(config)
   first = next(pipeline.eval_batches(eval_split, batch_size))
@@ -197,9 +193,10 @@ def _write_best_metrics(config, workdir: str) -> None:
   log.info("Best checkpoint (step %d) on %s: %s", best_step, config.data.eval_split, result)
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "metrics_val.json"), result)
+    write_npz_atomic(os.path.join(workdir, "predictions_val.npz"), labels=eval_split.labels, probs=probs)
 
 
-def _restore_best(config, workdir: str, mesh):
+def restore_best(config, workdir: str, mesh):
   """(state, step, which) of the workdir's best checkpoint (else its latest)."""
   model = ResNet(ResNetConfig.from_config(config))
   abstract = abstract_state(config, model, make_optimizer(config), sharding.replicated(mesh))
@@ -210,7 +207,7 @@ def evaluate_split(config, workdir: str, split: str) -> tuple[np.ndarray, np.nda
   """(labels [N], softmax probabilities [N, C]) of the best checkpoint in `workdir` on `split`."""
   mesh = sharding.make_mesh()
   batch_size = _batch_size(config)
-  state, _, _ = _restore_best(config, workdir, mesh)
+  state, _, _ = restore_best(config, workdir, mesh)
   data = pipeline.load_split(config.data, split)
   return data.labels, evaluators.predict(
     evaluators.make_predict_step(config, mesh), variables(state), data, batch_size, mesh
