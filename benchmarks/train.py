@@ -25,6 +25,12 @@ flags.DEFINE_string("model", "small", "Comma-separated presets of configs/defaul
 flags.DEFINE_integer("batch_size", 0, "Global batch. 0: small the config's (32); paper 2 on CPU, 8 elsewhere.")
 flags.DEFINE_integer("steps", 0, "Steps per timed repeat. 0: 3 on CPU, 10 elsewhere.")
 flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after compiling.")
+flags.DEFINE_float(
+  "torch_steps_per_s",
+  0.0,
+  "Optional reference: steps/s of the PyTorch port's medfusion step (shared/perf/torch_port, bench_torch.py train "
+  "--kind medfusion) measured in the same session at the same batch; each row then records jax/torch.",
+)
 
 
 def model_config(name: str, dtype: str, batch_size: int):
@@ -120,13 +126,21 @@ def summary(runs: list[dict]) -> list[dict]:
           "fraction_of_peak": r["fraction_of_peak"],
           **({"fraction_of_tf32_peak": r["fraction_of_tf32_peak"]} if "fraction_of_tf32_peak" in r else {}),
           "compile_s": round(r["compile_s"], 1),
+          **(
+            {
+              "torch_steps_per_s": FLAGS.torch_steps_per_s,
+              "vs_torch": round(r["steps_per_s"] / FLAGS.torch_steps_per_s, 3),
+            }
+            if FLAGS.torch_steps_per_s > 0
+            else {}
+          ),
         }
       )
   return rows
 
 
 def main(argv):
-  names = ("model", "batch_size", "steps", "warmup_steps")
+  names = ("model", "batch_size", "steps", "warmup_steps", "torch_steps_per_s")
   common.main("train", argv, {n: FLAGS[n].value for n in names}, measure, summary)
 
 
