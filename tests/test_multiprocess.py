@@ -141,13 +141,16 @@ def test_two_processes_train_and_score_like_one(prepared, tmp_path):
   # process_allgather hands every process the same errors, so the same scores.
   assert results[0]["scores"] == results[1]["scores"]
 
-  # The same global batches and draws: the same losses and validation metrics as one process (the temperature,
-  # fitted to nearly separable errors, amplifies their rounding).
+  # The same global batches and draws: the same losses and validation metrics as one process, to rounding: a
+  # gradient summed over two devices adds in another order than over one. The temperature, fitted to nearly
+  # separable errors, amplifies that rounding; so do rank and threshold metrics of this 3-step model, whose class
+  # errors are nearly tied on some of the 16 images (one swapped pair moves an AUC by ~0.02): up to two may flip.
   ours, theirs = read_metrics(shared), read_metrics(tmp_path / "one")
   assert sorted(ours) == sorted(theirs) and (steps, "val/loss") in ours
   for key, value in theirs.items():
+    discrete = any(name in key[1] for name in ("accuracy", "auc", "f1"))
     rtol = 1e-2 if key[1] == "val/temperature" else 1e-4
-    np.testing.assert_allclose(ours[key], value, rtol=rtol, atol=1e-6, err_msg=str(key))
+    np.testing.assert_allclose(ours[key], value, rtol=rtol, atol=0.05 if discrete else 1e-6, err_msg=str(key))
 
   # Scores equal to one process's; the partial files (process 0's alone) are gone.
   assert {"metrics.json", "scores.csv"} <= set(os.listdir(output))
