@@ -88,8 +88,10 @@ class Tally:
 
   @classmethod
   def zeros(cls, n: int, c: int) -> "Tally":
-    counts, sums = np.zeros((n, c), int), np.zeros((n, c))
-    return cls(counts.copy(), sums, counts, np.zeros(n, int), np.zeros(n, int), np.full((n, c), np.nan))
+    per_class = np.zeros((n, c), int)
+    return cls(
+      per_class, np.zeros((n, c)), per_class.copy(), np.zeros(n, int), np.zeros(n, int), np.full((n, c), np.nan)
+    )
 
   def add(self, rows, errors, class_ids) -> None:
     """Adds errors [b, C', R] of images `rows` evaluated on `class_ids` [b, C']."""
@@ -114,6 +116,34 @@ class Tally:
       means = np.where(survivors, self.error_sum / np.maximum(self.error_count, 1), np.inf)
     dropped = ~survivors & np.isfinite(self.pruned_gap)
     return np.where(dropped, means.min(axis=1, keepdims=True) + np.nan_to_num(self.pruned_gap), means)
+
+
+def prune_in_stages(n: int, num_classes: int, stages, batch_size: int, errors_of, progress: Progress = None) -> Tally:
+  """Staged class pruning of images 0..n-1: each stage (draws, keep) evaluates `draws` new draws on the candidate
+  classes, then keeps the `keep` candidates with the lowest mean error; a dropped class keeps its gap to the leader
+  on the draws they shared (`Tally.pruned_gap`). `errors_of(rows, draw_ids, classes)` gives the errors [b, C', R]
+  of those images on those draws and classes: the network, or the stored draws of a replay (medfusion.sweep)."""
+  tally = Tally.zeros(n, num_classes)
+  candidates = np.broadcast_to(np.arange(num_classes), (n, num_classes))
+  first = 0
+  # progress advances with the work done: each stage's share of an image's network evaluations
+  classes_per_stage = [num_classes] + [keep for _, keep in stages[:-1]]
+  costs = [draws * classes for (draws, _), classes in zip(stages, classes_per_stage, strict=True)]
+  for stage, (stage_draws, keep) in enumerate(stages):
+    draw_ids = np.broadcast_to(first + np.arange(stage_draws), (n, stage_draws))
+    for lo in range(0, n, batch_size):
+      rows = np.arange(lo, min(lo + batch_size, n))
+      tally.add(rows, errors_of(rows, draw_ids[rows], candidates[rows]), candidates[rows])
+      if progress is not None:
+        progress(len(rows) * costs[stage] / sum(costs))
+    first += stage_draws
+    means = np.take_along_axis(tally.mean_errors, candidates, axis=1)
+    order = np.argsort(means, axis=1, kind="stable")
+    dropped = np.take_along_axis(candidates, order[:, keep:], axis=1)
+    gaps = np.take_along_axis(means, order[:, keep:], axis=1) - means.min(axis=1, keepdims=True)
+    np.put_along_axis(tally.pruned_gap, dropped, gaps, axis=1)
+    candidates = np.take_along_axis(candidates, order[:, :keep], axis=1)
+  return tally
 
 
 class DiffusionClassifier:
@@ -195,30 +225,8 @@ class DiffusionClassifier:
     return tally
 
   def _score_pruned(self, images, indices, progress: Progress) -> Tally:
-    """Staged class pruning: each stage evaluates `draws` new draws on the candidate classes, then keeps the
-    `keep` candidates with the lowest mean error for the next stage; a dropped class keeps its gap to the leader
-    on the draws they shared (`Tally.pruned_gap`)."""
-    n, c, b = len(images), self.num_classes, self.spec.batch_size
-    tally = Tally.zeros(n, c)
-    candidates = np.broadcast_to(np.arange(c), (n, c))
-    first = 0
-    # progress advances with the work done: each stage's share of an image's network evaluations
-    stages = self.spec.prune_stages
-    classes_per_stage = [c] + [keep for _, keep in stages[:-1]]
-    costs = [draws * classes for (draws, _), classes in zip(stages, classes_per_stage, strict=True)]
-    for stage, (stage_draws, keep) in enumerate(self.spec.prune_stages):
-      draw_ids = np.broadcast_to(first + np.arange(stage_draws), (n, stage_draws))
-      for lo in range(0, n, b):
-        rows = np.arange(lo, min(lo + b, n))
-        errors = self.errors(images[rows], indices[rows], draw_ids[rows], candidates[rows])
-        tally.add(rows, errors, candidates[rows])
-        if progress is not None:
-          progress(len(rows) * costs[stage] / sum(costs))
-      first += stage_draws
-      means = np.take_along_axis(tally.mean_errors, candidates, axis=1)
-      order = np.argsort(means, axis=1, kind="stable")
-      dropped = np.take_along_axis(candidates, order[:, keep:], axis=1)
-      gaps = np.take_along_axis(means, order[:, keep:], axis=1) - means.min(axis=1, keepdims=True)
-      np.put_along_axis(tally.pruned_gap, dropped, gaps, axis=1)
-      candidates = np.take_along_axis(candidates, order[:, :keep], axis=1)
-    return tally
+    def errors_of(rows, draw_ids, classes):
+      return self.errors(images[rows], indices[rows], draw_ids, classes)
+
+    stages, batch_size = self.spec.prune_stages, self.spec.batch_size
+    return prune_in_stages(len(images), self.num_classes, stages, batch_size, errors_of, progress)

@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from medfusion import modeldir, plots
 from medfusion.classify import aggregate
-from medfusion.classify.classifier import DiffusionClassifier
+from medfusion.classify.classifier import DiffusionClassifier, prune_in_stages
 from medfusion.data import pipeline
 from medfusion.errors import UserError
 from medfusion.evaluation import driver
@@ -122,33 +122,24 @@ def prune_schedules(num_draws: int, num_classes: int) -> list[tuple[tuple[int, i
 
 
 def prune_sweep(errors: np.ndarray, labels: np.ndarray, schedules) -> dict:
-  """Staged class pruning (`classify.prune_stages`) replayed on the error tensor, as the classifier does it: each
-  stage adds its draws for the candidate classes, then keeps the candidates with the lowest mean error. Per
-  schedule: network evaluations per image, agreement with the full budget's mean-error prediction, and accuracy
-  and balanced accuracy of both aggregators."""
-  n, c, k = errors.shape
+  """Staged class pruning (`classify.prune_stages`) replayed on the error tensor by the classifier's own stages
+  (`classifier.prune_in_stages`, reading the stored draws). Per schedule: network evaluations per image, agreement
+  with the full budget's mean-error prediction, and accuracy and balanced accuracy of both aggregators."""
+  n, c, _ = errors.shape
   full = aggregate.mean_prediction(errors.mean(axis=2))
-  rows = np.arange(n)[:, None]
+
+  def stored(rows, draw_ids, classes):  # every image is on the same draws in a stage
+    return np.take_along_axis(errors[rows][:, :, draw_ids[0]], classes[:, :, None], axis=1)
+
   result = {"schedules": [], "nfe_per_image": [], "agreement": []}
   for name in ("mean", "vote"):
     result[f"{name}_accuracy"], result[f"{name}_balanced_accuracy"] = [], []
   for schedule in schedules:
-    evaluated = np.zeros((n, c, k), bool)
-    candidates, first = np.broadcast_to(np.arange(c), (n, c)), 0
-    for stage_draws, keep in schedule:
-      evaluated[rows, candidates, first : first + stage_draws] = True
-      first += stage_draws
-      counts = evaluated.sum(axis=2)  # the survivors' means only, as Tally.mean_errors
-      survivors = counts == counts.max(axis=1, keepdims=True)
-      means = np.where(survivors, np.where(evaluated, errors, 0.0).sum(axis=2) / np.maximum(counts, 1), np.inf)
-      order = np.argsort(np.take_along_axis(means, candidates, axis=1), axis=1, kind="stable")
-      candidates = np.take_along_axis(candidates, order[:, :keep], axis=1)
-    mean_preds = aggregate.mean_prediction(means)
-    # each draw votes among the classes evaluated on it, as Tally.add counts stage by stage
-    winners = np.argmin(np.where(evaluated, errors, np.inf), axis=1)[:, None, :] == np.arange(c)[None, :, None]
-    vote_preds = aggregate.vote_prediction((winners & evaluated.any(axis=1)[:, None, :]).sum(axis=2), means)
+    tally = prune_in_stages(n, c, tuple(schedule), max(n, 1), stored)
+    means = tally.mean_errors
+    mean_preds, vote_preds = aggregate.mean_prediction(means), aggregate.vote_prediction(tally.votes, means)
     result["schedules"].append([list(stage) for stage in schedule])
-    result["nfe_per_image"].append(float(evaluated.sum() / n))
+    result["nfe_per_image"].append(float(tally.nfe.mean()))
     result["agreement"].append(float(np.mean(mean_preds == full)))
     for name, preds in (("mean", mean_preds), ("vote", vote_preds)):
       result[f"{name}_accuracy"].append(float(np.mean(preds == labels)))
