@@ -15,7 +15,7 @@ import os
 import jax
 import numpy as np
 
-from medfusion import metrics, modeldir
+from medfusion import metrics, modeldir, plots
 from medfusion.classify import aggregate
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
@@ -115,9 +115,7 @@ def save_grid_png(path: str, images: np.ndarray) -> None:
   scale = max(1, 128 // images.shape[2])
   pixels = np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
   picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-  tmp = f"{path}.tmp{os.getpid()}"
-  picture.save(tmp, format="PNG")
-  os.replace(tmp, path)
+  plots.write_atomically(path, lambda file: picture.save(file, format="PNG"))
 
 
 # --- Explanations -----------------------------------------------------------------------------------------------------
