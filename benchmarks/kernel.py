@@ -268,7 +268,8 @@ def throughput(name: str, dtype: str, peaks: dict) -> dict:
 
 
 def early_stop(dtype: str) -> dict:
-  """Sequential vote early stopping vs the loop at the full budget, on real images and trained EMA parameters."""
+  """The config's early-stopping rule (`classify.adaptive`) vs the loop at the full budget, on real images and
+  trained EMA parameters."""
   from medfusion import modeldir
   from medfusion.classify import aggregate, classifier
   from medfusion.data import pipeline
@@ -280,6 +281,9 @@ def early_stop(dtype: str) -> dict:
   config.classify.num_draws = FLAGS.early_stop_draws or config.classify.num_draws
   config.classify.batch_size = FLAGS.early_stop_batch_size or config.classify.batch_size
   config.classify.prune_stages = ()
+  rule = config.classify.adaptive
+  if rule == "none":
+    raise app.UsageError("--config.classify.adaptive=none: the early-stopping figure needs a rule to time")
   k, b, c = config.classify.num_draws, config.classify.batch_size, config.data.num_classes
   mesh = sharding.make_mesh()
   model = modeldir.load_ema_params(config, FLAGS.workdir)
@@ -312,7 +316,7 @@ def early_stop(dtype: str) -> dict:
     return tally, pred, seconds, compile_s
 
   full, full_pred, full_s, full_compile = score("none")
-  seq, seq_pred, seq_s, seq_compile = score("sequential")
+  seq, seq_pred, seq_s, seq_compile = score(rule)
 
   lb = min(FLAGS.loop_batch, n)
   loop_model = make_denoiser(config, dtype, 0.0)
@@ -331,8 +335,10 @@ def early_stop(dtype: str) -> dict:
     "num_classes": c,
     "num_draws_full_budget": k,
     "batch_size": b,
+    "adaptive": rule,
     "draws_per_round": config.classify.draws_per_round,
     "delta": config.classify.delta,
+    "min_draws": config.classify.min_draws,
     "full_budget_vectorized": {
       "seconds": full_s,
       "compile_s": full_compile,
@@ -340,7 +346,7 @@ def early_stop(dtype: str) -> dict:
       "mean_nfe_per_image": float(full.nfe.mean()),
       "vote_accuracy": float((full_pred == labels).mean()),
     },
-    "sequential_vectorized": {
+    "early_stop_vectorized": {
       "seconds": seq_s,
       "compile_s": seq_compile,
       "images_per_s": seq_images_per_s,

@@ -1,7 +1,7 @@
 r"""What a user waits for: `medfusion.score` on a whole split, end to end (command start to metrics.json).
 
   python -m benchmarks.score --workdir=pretrained/pneumoniamnist --split=val \
-    --rules="full:,early_stop:--config.classify.adaptive=sequential"
+    --rules="full:--config.classify.adaptive=none,default:"
 
 Each rule is `name:overrides` (space-separated `--config.x=v` flags added to --overrides); every rule runs as its
 own fresh process, compilation, data loading and model loading included. Reports per rule the wall time, images/s,
@@ -26,7 +26,7 @@ from benchmarks import common  # noqa: E402
 
 flags.DEFINE_string("workdir", "pretrained/pneumoniamnist", "Model to score (exported folder or training workdir).")
 flags.DEFINE_string("split", "val", "Split to score.")
-flags.DEFINE_string("rules", "full:,early_stop:--config.classify.adaptive=sequential", "name:overrides,...")
+flags.DEFINE_string("rules", "full:--config.classify.adaptive=none,default:", "name:overrides,...")
 flags.DEFINE_string("overrides", "", "Flags added to every rule (e.g. the data folder on a machine without TF).")
 FLAGS = flags.FLAGS
 

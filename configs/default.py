@@ -126,9 +126,12 @@ def get_config(arg: str = ""):
   config.classify.batch_size = 64  # images per kernel call (padded; never recompiles)
   config.classify.chunk_size = 32  # model evaluations per vectorized chunk and device: 32 on CPU, 512+ on GPU/TPU
   config.classify.dtype = "float32"  # float32 | bfloat16
-  config.classify.adaptive = "none"  # none | exact | sequential
+  config.classify.adaptive = "none"  # none | exact | sequential | predictive (early stopping, README)
   config.classify.draws_per_round = 4
-  config.classify.delta = 0.01  # sequential early stopping: error level of the vote-share bound
+  # sequential: chance of stopping on a class that is not the most voted; predictive: chance that the full budget
+  # would have voted otherwise
+  config.classify.delta = 0.01
+  config.classify.min_draws = 0  # no image stops before this many draws
   config.classify.prune_stages = ()  # ((draws, classes_kept), ...) staged class pruning
   # softmax(-mean error / T) for the probabilities. None: the T fitted on the eval split for this checkpoint and
   # these classify settings (medfusion.score fits and stores it); a number here always wins.

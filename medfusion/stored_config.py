@@ -23,7 +23,7 @@ ADDED_FIELDS = {
   "data": {"augment": "none"},
   "model": {"wavelet": False},
   "train": {"checkpoint_minutes": 10.0},
-  "classify": {"prior": "uniform", "positive_class": ""},
+  "classify": {"prior": "uniform", "positive_class": "", "min_draws": 0},
   "explain": {
     "method": "ddim_inversion",
     "t_star": 0.5,

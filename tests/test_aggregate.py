@@ -85,6 +85,59 @@ def test_sequential_rule_agrees_with_full_budget_and_saves_draws():
   assert _simulate(1.0, k, r, delta, rng)[1] <= 16
 
 
+def test_predictive_flip_probability_by_hand():
+  # (1, 0, 0) with one draw left: the leader's next win ~ beta-binomial(1, 2, 1), P(loses it) = 1/3 (a level
+  # finish) for each of the two rivals: 2/3 summed. (3, 0, 0) with one left cannot change; (2, 2, 0) with none left
+  # is level (counted as lost); (2, 1, 0) with one left: the runner-up draws level with P = 2/5, the third cannot.
+  votes = np.array([[1, 0, 0], [3, 0, 0], [2, 2, 0], [2, 1, 0]])
+  flip = aggregate.predictive_flip_probability(votes, np.array([1, 1, 0, 1]))
+  np.testing.assert_allclose(flip, [2 / 3, 0.0, 1.0, 2 / 5])
+
+
+def _streams(p, k, rng):
+  """Vote counts [N, 2, k] after 1..k draws of binary images whose draws vote for class 1 with probability p."""
+  ones = np.cumsum(rng.random((len(p), k)) < p[:, None], axis=1)
+  return np.stack([np.arange(1, k + 1) - ones, ones], axis=1)
+
+
+def _replay(rule, votes, r):
+  """Draws each stream uses under `rule` (looks every r draws), and whether its vote then differs from all k's."""
+  n, _, k = votes.shape
+  used = np.full(n, k)
+  for stop in range(r, k, r):
+    used[(used == k) & rule.decided(votes[:, :, stop - 1], np.full(n, k - stop))] = stop
+  at = np.take_along_axis(votes, (used - 1)[:, None, None], axis=2)[:, :, 0]
+  return used, at.argmax(axis=1) != votes[:, :, -1].argmax(axis=1)  # level votes resolve the same way in both
+
+
+def test_predictive_rule_disagrees_with_the_full_budget_at_most_delta():
+  """On streams whose vote probabilities come from the rule's own prior (uniform), and from a U-shaped
+  population like the shipped models' (most images near-unanimous), the share of images whose early vote differs
+  from the full budget's is at most delta; the rule spends far fewer draws than the budget."""
+  rng = np.random.default_rng(0)
+  k, delta, n = 64, 0.05, 6000
+  slack = 3 * np.sqrt(delta * (1 - delta) / n)
+  rule = aggregate.StoppingRule.build("predictive", k, 1, 2, delta)
+  for name, p in {"uniform": rng.random(n), "U-shaped": rng.beta(0.3, 0.3, n)}.items():
+    used, differs = _replay(rule, _streams(p, k, rng), 1)
+    assert differs.mean() <= delta + slack, name
+    assert used.mean() < 0.4 * k, name
+
+
+def test_predictive_rule_includes_the_exact_rule_and_waits_for_min_draws():
+  rng = np.random.default_rng(3)
+  votes = _streams(rng.random(2000), 32, rng)
+  exact = aggregate.StoppingRule.build("exact", 32, 1, 2, 0.01)
+  predictive = aggregate.StoppingRule.build("predictive", 32, 1, 2, 1e-9)
+  for n in range(1, 32):
+    left = np.full(len(votes), 32 - n)
+    assert (predictive.decided(votes[:, :, n - 1], left) >= exact.decided(votes[:, :, n - 1], left)).all()
+  unanimous = np.stack([np.arange(1, 33), np.zeros(32, int)])[None]
+  for min_draws, first_stop in ((0, 6), (16, 16)):
+    rule = aggregate.StoppingRule.build("predictive", 32, 2, 2, 0.02, min_draws)
+    assert _replay(rule, unanimous, 2)[0][0] == first_stop
+
+
 def _gap_stop(gaps, k, r, delta):
   """The look at which the paired-gap rule stops a two-class stream of per-draw gaps (rival minus leader
   candidate), else k."""

@@ -91,12 +91,13 @@ def test_nan_image_is_rejected(setup):
     classifier.DiffusionClassifier(config, params).score(bad, np.array([3, 4, 5, 6]))
 
 
-def test_sequential_stopping_through_the_classifier(setup):
+@pytest.mark.parametrize("adaptive", ["sequential", "predictive"])
+def test_early_stopping_through_the_classifier(setup, adaptive):
   """Each image's tally is that of the first `draws` draws of the full error tensor, and it stopped at the first
-  look where the rule said so (delta = 0.5 makes unanimous images stop after 4 of 8 draws)."""
+  look where the rule said so (delta = 0.5 makes unanimous images stop after 4 of 8 draws, or 2 for `predictive`)."""
   config, _, params, images = setup
   config = config.copy_and_resolve_references()
-  config.classify.update(adaptive="sequential", draws_per_round=2, delta=0.5)
+  config.classify.update(adaptive=adaptive, draws_per_round=2, delta=0.5)
   indices = np.array([7, 0, 3, 11])
   clf = classifier.DiffusionClassifier(config, params)
   finished = []
@@ -104,7 +105,7 @@ def test_sequential_stopping_through_the_classifier(setup):
   assert sum(finished) == 4
   errors = clf.draw_errors(images, indices)
   k, r = config.classify.num_draws, config.classify.draws_per_round
-  boundaries = aggregate.vote_boundaries(k, r, 2, 0.5)
+  rule = aggregate.StoppingRule.build(adaptive, k, r, 2, 0.5)
   assert tally.draws.min() < k  # the rule stopped some image early
   for i, used in enumerate(tally.draws):
     votes = aggregate.votes_from_errors(errors[i : i + 1, :, :used])
@@ -112,7 +113,7 @@ def test_sequential_stopping_through_the_classifier(setup):
     np.testing.assert_allclose(tally.mean_errors[i], errors[i, :, :used].mean(axis=1), rtol=1e-6)
     for look in range(r, used + 1, r):
       at = aggregate.votes_from_errors(errors[i : i + 1, :, :look])
-      stop = aggregate.decided(at, np.array([k - look]), "sequential", boundaries)[0]
+      stop = rule.decided(at, np.array([k - look]))[0]
       assert stop == (look == used), (i, look, used)
 
 

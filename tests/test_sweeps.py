@@ -64,3 +64,24 @@ def test_prune_sweep_keeps_the_best_classes_and_counts_evaluations():
   assert result["mean_accuracy"][0] == 1.0 and result["agreement"][0] == 1.0
   # keep 1: image 0 keeps class 0 (the early leader) and is wrong; image 1 is right
   assert result["mean_accuracy"][1] == 0.5 and result["vote_accuracy"][1] == 0.5
+
+
+def test_early_stop_sweep_replays_each_rule_with_its_cost_agreement_and_aurc():
+  """Image 0 is unanimous for class 0 (right), image 1 unanimous for class 1 (wrong), image 2 alternates, a tied
+  vote that class 1 (its label) takes on the lower mean error. With looks every 2 draws out of 16 the predictive
+  rule stops the unanimous images at its first chance (4 draws at delta 0.05: P(flip) ~ 2^-5) and the tied one
+  only at the budget; min_draws = 10 holds them to 10."""
+  k = 16
+  errors = np.zeros((3, 2, k))
+  errors[0, 1], errors[1, 0] = 1.0, 1.0
+  errors[2, 0, 0::2], errors[2, 1, 1::2] = 1.0, 0.9
+  labels = np.array([0, 0, 1])
+  result = draw_analysis.early_stop_sweep(errors, labels, [0.05], 2)
+  assert set(result) >= {"exact", "bonferroni", "predictive", "full_budget_aurc"}
+  predictive = result["predictive"]
+  assert predictive["mean_draws"] == [(4 + 4 + 16) / 3]
+  assert predictive["agreement"] == [1.0] and predictive["accuracy"] == [2 / 3]
+  # One wrong image held with full confidence among three: the same risk-coverage curve as the full budget.
+  assert predictive["aurc"] == [result["full_budget_aurc"]]
+  held = draw_analysis.early_stop_sweep(errors, labels, [0.05], 2, min_draws=10)["predictive"]
+  assert held["mean_draws"] == [(10 + 10 + 16) / 3]

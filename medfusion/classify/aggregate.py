@@ -1,12 +1,13 @@
 """Aggregation of per-draw errors into predictions, and the stopping rules of adaptive compute (numpy)."""
 
+import dataclasses
 import functools
 import math
 
 import numpy as np
 from scipy import stats
 
-ADAPTIVE = ("none", "exact", "sequential")
+ADAPTIVE = ("none", "exact", "sequential", "predictive")
 
 
 def votes_from_errors(errors: np.ndarray, evaluated: np.ndarray | None = None) -> np.ndarray:
@@ -157,18 +158,64 @@ def sequential_mean_decided(error_sum: np.ndarray, error_gram: np.ndarray, draws
   return t_stat.min(axis=1) >= np.asarray(critical)[np.asarray(draws)]
 
 
-def decided(votes: np.ndarray, draws_left: np.ndarray, adaptive: str, boundaries=None) -> np.ndarray:
-  """The stopping rule of adaptive compute, per image: True where no more draws are needed.
+def predictive_flip_probability(votes: np.ndarray, draws_left: np.ndarray) -> np.ndarray:
+  """An upper bound [N] on the chance that the full budget's vote winner will not be today's leader.
 
-  votes [N, C] after the draws so far, draws_left [N] of the full budget. `none` stops only when the budget is
-  spent; `exact` once the vote can no longer change; `sequential` once the leader crosses `boundaries`
-  (`vote_boundaries`).
+  Given an image, its draws are independent and each is won by the leader with some fixed probability, so the
+  votes still to come are predictable: with a uniform (Beta(1, 1)) prior on the leader's share p of the draws
+  won by it or a rival, the leader's future wins out of m draws are beta-binomial(m, lead + 1, rival + 1). For
+  each rival this is the probability that it finishes level with or ahead of the leader when every remaining draw
+  goes to the two of them (more draws leave more room to catch up; a level finish counts as lost), summed over
+  rivals. No remaining draw can change a vote whose lead exceeds them: probability 0 (the `exact` rule).
   """
-  done = np.asarray(draws_left) <= 0
-  if adaptive == "exact":
-    return done | exact_vote_decided(votes, draws_left)
-  if adaptive == "sequential":
-    return done | sequential_vote_decided(votes, boundaries)
-  if adaptive != "none":
-    raise ValueError(f"adaptive={adaptive!r} is not one of {ADAPTIVE}")
-  return done
+  votes, left = np.asarray(votes), np.asarray(draws_left)
+  leader = np.argmax(votes, axis=1)
+  lead = votes[np.arange(len(votes)), leader][:, None]
+  x = np.arange(int(left.max(initial=0)) + 1)[None, :]  # the leader's future wins
+  m = left[:, None]
+  total = np.zeros(len(votes))
+  for rival in range(votes.shape[1]):
+    other = votes[:, rival][:, None]
+    pmf = stats.betabinom.pmf(x, m, lead + 1, other + 1)  # 0 for x > m
+    flips = (pmf * (other + m - x >= lead + x)).sum(axis=1)
+    total += np.where(leader == rival, 0.0, flips)
+  return total
+
+
+@dataclasses.dataclass(frozen=True)
+class StoppingRule:
+  """The stopping rule of adaptive compute (`config.classify.adaptive`), per image.
+
+  `none` stops only when the budget is spent; `exact` once the vote can no longer change; `sequential` once the
+  leader crosses `boundaries` (`vote_boundaries`): it is then the class with the highest vote probability, but for
+  a chance of at most delta; `predictive` once the chance that the full budget would vote otherwise is below delta
+  (`predictive_flip_probability`). No rule stops an image before `min_draws` draws.
+  """
+
+  adaptive: str
+  delta: float = 0.0
+  min_draws: int = 0
+  boundaries: tuple[int, ...] | None = None
+
+  @classmethod
+  def build(cls, adaptive, num_draws, draws_per_round, num_classes, delta, min_draws=0, bounds: str = "exact"):
+    """The rule for K = `num_draws` draws looked at every `draws_per_round`; `bounds` of the sequential test."""
+    if adaptive not in ADAPTIVE:
+      raise ValueError(f"adaptive={adaptive!r} is not one of {ADAPTIVE}")
+    boundaries = None
+    if adaptive == "sequential":
+      boundaries = vote_boundaries(num_draws, draws_per_round, num_classes, delta, bounds)
+    return cls(adaptive, delta, min_draws, boundaries)
+
+  def decided(self, votes: np.ndarray, draws_left: np.ndarray) -> np.ndarray:
+    """True where no more draws are needed; votes [N, C] after the draws so far, draws_left [N] of the budget."""
+    done = np.asarray(draws_left) <= 0
+    if self.adaptive == "none":
+      return done
+    if self.adaptive == "exact":
+      stop = exact_vote_decided(votes, draws_left)
+    elif self.adaptive == "sequential":
+      stop = sequential_vote_decided(votes, self.boundaries)
+    else:
+      stop = predictive_flip_probability(votes, draws_left) < self.delta
+    return done | (stop & (np.asarray(votes).sum(axis=1) >= self.min_draws))

@@ -35,6 +35,7 @@ class ClassifierSpec:
   adaptive: str
   draws_per_round: int
   delta: float
+  min_draws: int
   prune_stages: tuple[tuple[int, int], ...]
 
   def __post_init__(self):
@@ -47,6 +48,8 @@ class ClassifierSpec:
       raise ConfigError(f"config.classify.adaptive={self.adaptive!r} is not one of {aggregate.ADAPTIVE}")
     if not 0.0 < self.delta < 1.0:
       raise ConfigError(f"config.classify.delta={self.delta!r} must be in (0, 1)")
+    if not (isinstance(self.min_draws, int) and self.min_draws >= 0):
+      raise ConfigError(f"config.classify.min_draws={self.min_draws!r} must be a non-negative integer")
     if self.adaptive != "none" and self.num_draws % self.draws_per_round:
       raise ConfigError(
         f"config.classify.num_draws={self.num_draws} must be a multiple of classify.draws_per_round="
@@ -69,7 +72,15 @@ class ClassifierSpec:
     c = config.classify
     stages = tuple((int(d), int(k)) for d, k in c.prune_stages)
     return cls(
-      config.data.num_classes, c.num_draws, c.batch_size, c.dtype, c.adaptive, c.draws_per_round, c.delta, stages
+      config.data.num_classes,
+      c.num_draws,
+      c.batch_size,
+      c.dtype,
+      c.adaptive,
+      c.draws_per_round,
+      c.delta,
+      c.min_draws,
+      stages,
     )
 
 
@@ -210,7 +221,7 @@ class DiffusionClassifier:
     n, c, k, b = len(images), self.num_classes, self.spec.num_draws, self.spec.batch_size
     r = k if self.spec.adaptive == "none" else min(self.spec.draws_per_round, k)
     tally = Tally.zeros(n, c)
-    boundaries = aggregate.vote_boundaries(k, r, c, self.spec.delta) if self.spec.adaptive == "sequential" else None
+    rule = aggregate.StoppingRule.build(self.spec.adaptive, k, r, c, self.spec.delta, self.spec.min_draws)
     queue = collections.deque(range(n))
     all_classes = np.broadcast_to(np.arange(c), (b, c))
     while queue:
@@ -218,7 +229,7 @@ class DiffusionClassifier:
       draw_ids = tally.draws[rows][:, None] + np.arange(r)[None, :]
       classes = all_classes[: len(rows)]
       tally.add(rows, self.errors(images[rows], indices[rows], draw_ids, classes), classes)
-      done = aggregate.decided(tally.votes[rows], k - tally.draws[rows], self.spec.adaptive, boundaries)
+      done = rule.decided(tally.votes[rows], k - tally.draws[rows])
       queue.extend(rows[~done])
       if progress is not None:
         progress(int(done.sum()))

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from sklearn import metrics as skm
 
-from medfusion import modeldir, plots
+from medfusion import metrics, modeldir, plots
 from medfusion.classify import aggregate
 from medfusion.classify.classifier import DiffusionClassifier, prune_in_stages
 from medfusion.data import pipeline
@@ -48,26 +48,36 @@ def k_sweep(errors: np.ndarray, labels: np.ndarray, ks) -> dict:
   return result
 
 
-def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_round: int) -> dict:
-  """Sequential vote early stopping replayed on the error tensor: for each bound (`aggregate.STOPPING_BOUNDS`)
-  and level delta, the mean draws per image, the share of predictions equal to the full budget's, and accuracy;
-  what `classify.adaptive='sequential'` would do with these draws (rounds of `draws_per_round`)."""
+def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_round: int, min_draws: int = 0) -> dict:
+  """Vote early stopping replayed on the error tensor: for the sequential test with each bound
+  (`aggregate.STOPPING_BOUNDS`) and for the predictive rule, at each level delta, the mean draws per image, the
+  share of predictions equal to the full budget's, accuracy, and the area under the risk-coverage curve with the
+  vote share as confidence (`aurc`; the full budget's is `full_budget_aurc`); what `classify.adaptive=
+  'sequential'` and `'predictive'` would do with these draws (rounds of `draws_per_round`, `min_draws`)."""
   n, c, k = errors.shape
   votes, mean_errors = _running_totals(errors)
-  full = _vote_after(votes, mean_errors, np.full(n, k))
-  result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "full_budget_draws": k}
-  for method in aggregate.STOPPING_BOUNDS:
-    rows = result[method] = {"mean_draws": [], "agreement": [], "accuracy": []}
+
+  def outcome(used):
+    prediction = _vote_after(votes, mean_errors, used)
+    share = np.take_along_axis(votes, (used - 1)[:, None, None], axis=2)[np.arange(n), prediction, 0] / used
+    return prediction, metrics.aurc(prediction == labels, share)
+
+  full, full_aurc = outcome(np.full(n, k))
+  result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "min_draws": min_draws}
+  result.update({"full_budget_draws": k, "full_budget_aurc": full_aurc})
+  rules = [(bounds, "sequential", bounds) for bounds in aggregate.STOPPING_BOUNDS] + [("predictive",) * 2 + ("exact",)]
+  for name, adaptive, bounds in rules:
+    rows = result[name] = {"mean_draws": [], "agreement": [], "accuracy": [], "aurc": []}
     for delta in deltas:
-      boundaries = aggregate.vote_boundaries(k, draws_per_round, c, float(delta), method)
+      rule = aggregate.StoppingRule.build(adaptive, k, draws_per_round, c, float(delta), min_draws, bounds)
       used = np.full(n, k)
       for stop in range(draws_per_round, k, draws_per_round):
-        decided = aggregate.decided(votes[:, :, stop - 1], np.full(n, k - stop), "sequential", boundaries)
-        used[(used == k) & decided] = stop
-      prediction = _vote_after(votes, mean_errors, used)
+        used[(used == k) & rule.decided(votes[:, :, stop - 1], np.full(n, k - stop))] = stop
+      prediction, aurc = outcome(used)
       rows["mean_draws"].append(float(used.mean()))
       rows["agreement"].append(float(np.mean(prediction == full)))
       rows["accuracy"].append(float(np.mean(prediction == labels)))
+      rows["aurc"].append(aurc)
   return result
 
 
@@ -166,7 +176,7 @@ def t_profile(errors: np.ndarray, t: np.ndarray, labels: np.ndarray, num_bins: i
   return result
 
 
-DELTAS = (0.001, 0.01, 0.05, 0.1, 0.2)
+DELTAS = (0.001, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 def sweep_split(
@@ -200,7 +210,7 @@ def sweep_split(
     "classify": config.classify.to_dict(),
     "k_sweep": k_sweep(errors, labels, sorted({2**i for i in range(k.bit_length())} | {k})),
     "t_profile": t_profile(errors, t, labels),
-    "early_stop": early_stop_sweep(errors, labels, DELTAS, config.classify.draws_per_round),
+    "early_stop": early_stop_sweep(errors, labels, DELTAS, config.classify.draws_per_round, config.classify.min_draws),
     "mean_stop": mean_stop_sweep(errors, labels, DELTAS, config.classify.draws_per_round),
   }
   if errors.shape[1] > 2:
@@ -243,6 +253,7 @@ def _plot_frontier(result: dict, path: str) -> None:
   curves = {
     "vote, exact bounds": (stop["exact"]["mean_draws"], stop["exact"]["accuracy"]),
     "vote, Bonferroni bounds": (stop["bonferroni"]["mean_draws"], stop["bonferroni"]["accuracy"]),
+    "vote, predictive rule": (stop["predictive"]["mean_draws"], stop["predictive"]["accuracy"]),
     "mean, paired-gap test": (mean_stop["mean_draws"], mean_stop["accuracy"]),
     "vote, first k draws": (result["k_sweep"]["k"], result["k_sweep"]["vote"]),
   }
