@@ -112,8 +112,9 @@ def test_early_stopping_through_the_classifier(setup, adaptive):
     np.testing.assert_array_equal(tally.votes[i], votes[0])
     np.testing.assert_allclose(tally.mean_errors[i], errors[i, :, :used].mean(axis=1), rtol=1e-6)
     for look in range(r, used + 1, r):
-      at = aggregate.votes_from_errors(errors[i : i + 1, :, :look])
-      stop = rule.decided(at, np.array([k - look]))[0]
+      seen = errors[i : i + 1, :, :look]
+      sums, grams = seen.sum(axis=2), np.einsum("bcr,bdr->bcd", seen, seen)
+      stop = rule.decided(aggregate.votes_from_errors(seen), np.array([k - look]), sums, grams)[0]
       assert stop == (look == used), (i, look, used)
 
 

@@ -137,25 +137,47 @@ def gap_critical_values(num_draws: int, draws_per_round: int, num_classes: int, 
   return tuple(crit)
 
 
-def sequential_mean_decided(error_sum: np.ndarray, error_gram: np.ndarray, draws: np.ndarray, critical) -> np.ndarray:
-  """True where the leader's mean error is significantly below every rival's (paired t statistics of the per-draw
-  gaps against `critical[n]`, `gap_critical_values`).
-
-  error_sum [N, C] and error_gram [N, C, C] (sums of e_c e_c' over draws) of `draws` [N] paired draws.
-  """
-  n = np.asarray(draws, dtype=np.float64)
+def _paired_gaps(error_sum: np.ndarray, error_gram: np.ndarray, draws: np.ndarray):
+  """The mean-error leader [N] and the mean and variance [N, C] of the per-draw error gaps (rival minus leader)
+  over `draws` [N] paired draws, from error_sum [N, C] and error_gram [N, C, C] (sums of e_c e_c' over draws)."""
+  n = np.asarray(draws, dtype=np.float64)[:, None]
   leader = np.argmin(error_sum, axis=1)
   rows = np.arange(len(leader))
-  gap_sum = error_sum - error_sum[rows, leader][:, None]  # [N, C], rival minus leader
+  gap_sum = error_sum - error_sum[rows, leader][:, None]
   diag = np.diagonal(error_gram, axis1=1, axis2=2)
   gap_sq = diag + diag[rows, leader][:, None] - 2 * error_gram[rows, leader]  # sum of squared gaps
   with np.errstate(invalid="ignore", divide="ignore"):
-    mean = gap_sum / n[:, None]
-    var = np.maximum(gap_sq - n[:, None] * mean**2, 0.0) / np.maximum(n[:, None] - 1, 1)
-    t_stat = mean / np.sqrt(var / n[:, None])
+    mean = gap_sum / n
+    var = np.maximum(gap_sq - n * mean**2, 0.0) / np.maximum(n - 1, 1)
+  return leader, mean, var
+
+
+def sequential_mean_decided(error_sum: np.ndarray, error_gram: np.ndarray, draws: np.ndarray, critical) -> np.ndarray:
+  """True where the leader's mean error is significantly below every rival's (paired t statistics of the per-draw
+  gaps against `critical[n]`, `gap_critical_values`), after `draws` [N] paired draws."""
+  leader, mean, var = _paired_gaps(error_sum, error_gram, draws)
+  rows = np.arange(len(leader))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    t_stat = mean / np.sqrt(var / np.asarray(draws, dtype=np.float64)[:, None])
   t_stat[rows, leader] = np.inf
   t_stat = np.where(np.isnan(t_stat), -np.inf, t_stat)
   return t_stat.min(axis=1) >= np.asarray(critical)[np.asarray(draws)]
+
+
+def predictive_mean_flip_probability(error_sum, error_gram, draws, draws_left) -> np.ndarray:
+  """An estimate [N] of the chance that the full budget's mean-error decision will not be today's leader: for
+  each rival, the probability that the gaps of the remaining draws bring it level or ahead, under the Student t
+  predictive of independent paired gaps (n - 1 degrees of freedom; the mean and variance of the n gaps so far),
+  summed over rivals. 1 before two draws; with no spread in the gaps, whether the rival is behind now."""
+  leader, mean, var = _paired_gaps(error_sum, error_gram, draws)
+  n, m = np.asarray(draws, dtype=np.float64)[:, None], np.asarray(draws_left, dtype=np.float64)[:, None]
+  final = (n + m) * mean  # the expected gap summed over all draws
+  scale = np.sqrt(var * (m + m * m / np.maximum(n, 1)))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    flip = stats.t.sf(final / scale, np.maximum(n - 1, 1))
+  flip = np.where(scale > 0, flip, (final <= 0).astype(float))
+  flip[np.arange(len(leader)), leader] = 0.0
+  return np.where(n[:, 0] < 2, 1.0, flip.sum(axis=1))
 
 
 def predictive_flip_probability(votes: np.ndarray, draws_left: np.ndarray) -> np.ndarray:
@@ -188,8 +210,9 @@ class StoppingRule:
 
   `none` stops only when the budget is spent; `exact` once the vote can no longer change; `sequential` once the
   leader crosses `boundaries` (`vote_boundaries`): it is then the class with the highest vote probability, but for
-  a chance of at most delta; `predictive` once the chance that the full budget would vote otherwise is below delta
-  (`predictive_flip_probability`). No rule stops an image before `min_draws` draws.
+  a chance of at most delta; `predictive` once the chance that the full budget would decide otherwise is below
+  delta for the vote (`predictive_flip_probability`) and for the mean error
+  (`predictive_mean_flip_probability`). No rule stops an image before `min_draws` draws.
   """
 
   adaptive: str
@@ -207,8 +230,9 @@ class StoppingRule:
       boundaries = vote_boundaries(num_draws, draws_per_round, num_classes, delta, bounds)
     return cls(adaptive, delta, min_draws, boundaries)
 
-  def decided(self, votes: np.ndarray, draws_left: np.ndarray) -> np.ndarray:
-    """True where no more draws are needed; votes [N, C] after the draws so far, draws_left [N] of the budget."""
+  def decided(self, votes, draws_left, error_sum=None, error_gram=None) -> np.ndarray:
+    """True where no more draws are needed: votes [N, C] after the draws so far, draws_left [N] of the budget; the
+    `predictive` rule also needs their error_sum [N, C] and error_gram [N, C, C] (`Tally`)."""
     done = np.asarray(draws_left) <= 0
     if self.adaptive == "none":
       return done
@@ -217,5 +241,8 @@ class StoppingRule:
     elif self.adaptive == "sequential":
       stop = sequential_vote_decided(votes, self.boundaries)
     else:
-      stop = predictive_flip_probability(votes, draws_left) < self.delta
+      draws = np.asarray(votes).sum(axis=1)
+      stop = (predictive_flip_probability(votes, draws_left) < self.delta) & (
+        predictive_mean_flip_probability(error_sum, error_gram, draws, draws_left) < self.delta
+      )
     return done | (stop & (np.asarray(votes).sum(axis=1) >= self.min_draws))

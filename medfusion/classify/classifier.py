@@ -93,6 +93,7 @@ class Tally:
   error_count: np.ndarray  # [N, C] int: draws evaluated per class
   draws: np.ndarray  # [N] int: draws evaluated per image
   nfe: np.ndarray  # [N] int: network evaluations per image
+  error_gram: np.ndarray  # [N, C, C] float64: sums of e_c * e_c' over the draws (paired gaps' spread)
   # [N, C] float: for a class dropped by class pruning, its mean error minus the leader's on the draws both had
   # when it was dropped (paired, >= 0); NaN for classes never dropped
   pruned_gap: np.ndarray
@@ -100,8 +101,9 @@ class Tally:
   @classmethod
   def zeros(cls, n: int, c: int) -> "Tally":
     per_class = np.zeros((n, c), int)
+    zeros = np.zeros(n, int)
     return cls(
-      per_class, np.zeros((n, c)), per_class.copy(), np.zeros(n, int), np.zeros(n, int), np.full((n, c), np.nan)
+      per_class, np.zeros((n, c)), per_class.copy(), zeros, zeros.copy(), np.zeros((n, c, c)), np.full((n, c), np.nan)
     )
 
   def add(self, rows, errors, class_ids) -> None:
@@ -111,7 +113,9 @@ class Tally:
     np.put_along_axis(full, class_ids[:, :, None], errors, axis=1)
     evaluated = np.isfinite(full[:, :, 0])
     self.votes[rows] += aggregate.votes_from_errors(full, evaluated)
-    self.error_sum[rows] += np.where(evaluated[:, :, None], full, 0.0).sum(axis=2)
+    paired = np.where(evaluated[:, :, None], full, 0.0)
+    self.error_sum[rows] += paired.sum(axis=2)
+    self.error_gram[rows] += np.einsum("bcr,bdr->bcd", paired, paired)
     self.error_count[rows] += evaluated * errors.shape[2]
     self.draws[rows] += errors.shape[2]
     self.nfe[rows] += errors.shape[1] * errors.shape[2]
@@ -229,7 +233,7 @@ class DiffusionClassifier:
       draw_ids = tally.draws[rows][:, None] + np.arange(r)[None, :]
       classes = all_classes[: len(rows)]
       tally.add(rows, self.errors(images[rows], indices[rows], draw_ids, classes), classes)
-      done = rule.decided(tally.votes[rows], k - tally.draws[rows])
+      done = rule.decided(tally.votes[rows], k - tally.draws[rows], tally.error_sum[rows], tally.error_gram[rows])
       queue.extend(rows[~done])
       if progress is not None:
         progress(int(done.sum()))

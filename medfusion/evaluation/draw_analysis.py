@@ -26,6 +26,11 @@ def _running_totals(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return votes, np.cumsum(errors, axis=2) / np.arange(1, errors.shape[2] + 1)
 
 
+def _running_sums(errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Error sums [N, C, K] and sums of products [N, C, C, K] over draws 0..s, for each s."""
+  return np.cumsum(errors, axis=2), np.cumsum(errors[:, :, None, :] * errors[:, None, :, :], axis=3)
+
+
 def _vote_after(votes: np.ndarray, mean_errors: np.ndarray, draws: np.ndarray) -> np.ndarray:
   """Vote predictions [N] after `draws` [N] draws of each image, from the running totals."""
   at = (draws - 1)[:, None, None]
@@ -56,6 +61,7 @@ def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_r
   'sequential'` and `'predictive'` would do with these draws (rounds of `draws_per_round`, `min_draws`)."""
   n, c, k = errors.shape
   votes, mean_errors = _running_totals(errors)
+  sums, grams = _running_sums(errors)
 
   def outcome(used):
     prediction = _vote_after(votes, mean_errors, used)
@@ -72,7 +78,9 @@ def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_r
       rule = aggregate.StoppingRule.build(adaptive, k, draws_per_round, c, float(delta), min_draws, bounds)
       used = np.full(n, k)
       for stop in range(draws_per_round, k, draws_per_round):
-        used[(used == k) & rule.decided(votes[:, :, stop - 1], np.full(n, k - stop))] = stop
+        at = stop - 1
+        decided = rule.decided(votes[:, :, at], np.full(n, k - stop), sums[:, :, at], grams[..., at])
+        used[(used == k) & decided] = stop
       prediction, aurc = outcome(used)
       rows["mean_draws"].append(float(used.mean()))
       rows["agreement"].append(float(np.mean(prediction == full)))
@@ -86,8 +94,7 @@ def mean_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_ro
   tensor, for each level delta: mean draws per image, agreement with the full budget's mean-error prediction,
   and accuracy. An analysis, not an offered rule: see `gap_critical_values`."""
   n, c, k = errors.shape
-  sums = np.cumsum(errors, axis=2)  # [N, C, K]
-  grams = np.cumsum(errors[:, :, None, :] * errors[:, None, :, :], axis=3)  # [N, C, C, K]
+  sums, grams = _running_sums(errors)
   full = aggregate.mean_prediction(sums[:, :, -1])
   result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "full_budget_draws": k}
   result.update({"mean_draws": [], "agreement": [], "accuracy": []})
