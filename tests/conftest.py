@@ -2,7 +2,9 @@
 subprocesses the tests start (identical programs compile once per suite), quiet TensorFlow."""
 
 import os
+import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -19,6 +21,12 @@ from medfusion import runtime  # noqa: E402
 
 runtime.configure_cpu(default.get_config().cpu_ynnpack)
 
+# The lesion_model fixture's steps and its overrides of configs/synthetic_lesions.py:smoke that change the network,
+# as command-line flags (a command that loads its checkpoints with --config=configs/synthetic_lesions.py:smoke
+# passes them).
+LESION_STEPS = 300
+LESION_MODEL_FLAGS = ("--config.model.attention_resolutions=()", "--config.model.channels=8")
+
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
@@ -26,22 +34,76 @@ def tfds_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
 
 
+def _env(env_extra=None) -> dict:
+  return {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
+
+
 def run_python(args, env_extra=None, timeout=600, check=True):
   """Runs `python args...` from the repository root; returns the CompletedProcess."""
-  import subprocess
-
-  env = {**os.environ, "PYTHONPATH": ROOT, **(env_extra or {})}
   proc = subprocess.run(
-    [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    [sys.executable, *args], cwd=ROOT, env=_env(env_extra), capture_output=True, text=True, timeout=timeout, check=False
   )
   if check and proc.returncode != 0:
     raise AssertionError(f"{args} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
   return proc
 
 
+class StartedPythons:
+  """`python args...` from the repository root for each args of `args_list`, started at once (each pays Python, JAX
+  and TensorFlow start-up, mostly on one core, so they overlap each other and whatever the test does meanwhile);
+  `results()` waits for them. As a context manager, it kills those still running on exit."""
+
+  def __init__(self, args_list, env_extra=None):
+    self._folder = tempfile.TemporaryDirectory()
+    self._started = []
+    for i, args in enumerate(args_list):
+      out = open(os.path.join(self._folder.name, f"{i}.out"), "w+")
+      err = open(os.path.join(self._folder.name, f"{i}.err"), "w+")
+      proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(env_extra), stdout=out, stderr=err, text=True)
+      self._started.append((args, proc, out, err))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.stop()
+
+  def results(self, timeout=600, check=True) -> list:
+    """The CompletedProcess of each, in order; with `check`, an AssertionError for the first that failed."""
+    results = []
+    try:
+      for args, proc, out, err in self._started:
+        proc.wait(timeout=timeout)
+        out.seek(0)
+        err.seek(0)
+        results.append(subprocess.CompletedProcess(args, proc.returncode, out.read(), err.read()))
+    finally:
+      self.stop()
+    for result in results:
+      if check and result.returncode != 0:
+        raise AssertionError(f"{result.args} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return results
+
+  def stop(self) -> None:
+    """Kills those still running and removes their output files."""
+    for _, proc, out, err in self._started:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      out.close()
+      err.close()
+    self._folder.cleanup()
+
+
+def run_pythons(args_list, env_extra=None, timeout=600, check=True) -> list:
+  """`run_python` of each args of `args_list`, all at once; their CompletedProcesses in order."""
+  return StartedPythons(args_list, env_extra).results(timeout, check)
+
+
 @pytest.fixture(scope="session")
 def lesion_model(tmp_path_factory, tfds_dir):
-  """(config, workdir) of the smoke UNet (without attention) trained for 450 steps on synthetic_lesions:smoke."""
+  """(config, workdir) of the smoke UNet at 8 channels (without attention) trained for LESION_STEPS steps on
+  synthetic_lesions:smoke."""
   from configs import synthetic_lesions
   from medfusion.training import diffusion
 
@@ -49,11 +111,29 @@ def lesion_model(tmp_path_factory, tfds_dir):
   config = synthetic_lesions.get_config("smoke")
   config.data.tfds_data_dir = tfds_dir
   config.model.attention_resolutions = ()  # compiles faster; lesions are local, no attention needed
-  config.train.steps = 450
-  config.train.learning_rate = 2e-3
+  config.model.channels = 8  # half the smoke width: steps twice as fast, and it learns the lesions as well
+  config.train.steps = LESION_STEPS
+  config.train.learning_rate = 5e-3
   config.train.progress_bar = False
-  config.evals.loss.every = 450
-  config.evals.classify.every = 450
-  config.train.checkpoint_every = 450
+  config.evals.loss.every = LESION_STEPS
+  config.evals.classify.every = LESION_STEPS
+  config.train.checkpoint_every = LESION_STEPS
   diffusion.train_and_evaluate(config, workdir)
   return config, workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_arrays(tmp_path_factory, tfds_dir):
+  """A folder with the train and val splits of train_losses_script.tiny_config's data as arrays (medfusion.prepare's
+  layout, for config.data.source='arrays'): processes that read them import no TensorFlow."""
+  import numpy as np
+  import train_losses_script
+
+  from medfusion.data import pipeline
+
+  folder = tmp_path_factory.mktemp("tiny_arrays")
+  data = train_losses_script.tiny_config(tfds_dir).data
+  for name in (data.train_split, data.eval_split):
+    split = pipeline.load_split(data, name)
+    np.savez(folder / f"{name}.npz", images=split.images, labels=split.labels)
+  return str(folder)

@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_python
+from conftest import LESION_MODEL_FLAGS, ROOT, StartedPythons, run_pythons
 
-from configs import default, pneumoniamnist_resnet, synthetic_lesions
+from configs import default
 from medfusion import configcheck, stored_config
 from medfusion.classify import classifier
 from medfusion.diffusion import schedules
@@ -126,11 +126,11 @@ def test_counterfactuals_of_both_methods_pair_targets(tiny):
 
 
 def test_sampler_is_the_same_on_eight_devices():
-  single = explain_sampler_script.outputs()
-  proc = run_python(
-    ["tests/explain_sampler_script.py"],
-    {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": "tests"},
-  )
+  """Batches of 8 on 8 devices against batches of 4 (the programs the `tiny` fixture's tests compiled) on one."""
+  eight_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": "tests"}
+  with StartedPythons([["tests/explain_sampler_script.py"]], eight_devices) as started:
+    single = explain_sampler_script.outputs(batch_size=4)  # while the other process starts
+    (proc,) = started.results()
   sharded = json.loads(proc.stdout.strip().splitlines()[-1])
   assert single["devices"] == 1 and sharded["devices"] == 8
   for key in ("samples", "counterfactuals"):
@@ -304,17 +304,10 @@ def test_bad_explain_fields_are_named(field, value):
 
 
 @pytest.fixture(scope="module")
-def lesion_judge(tmp_path_factory, tfds_dir):
-  """The workdir of a smoke ResNet-18 (configs/pneumoniamnist_resnet.py:smoke) trained on synthetic_lesions:smoke."""
-  from medfusion.training import resnet
-
-  config = pneumoniamnist_resnet.get_config("smoke")
-  config.data = synthetic_lesions.get_config("smoke").data
-  config.data.tfds_data_dir = tfds_dir
-  config.train.progress_bar = False
-  workdir = str(tmp_path_factory.mktemp("lesions_resnet"))
-  resnet.train_and_evaluate(config, workdir)
-  return workdir
+def lesion_judge():
+  """The ResNet-18 judge shipped with pretrained/synthetic_lesions (trained on synthetic_lesions, 32x32, classes
+  healthy and lesion, like the lesion_model fixture)."""
+  return os.path.join(ROOT, "pretrained", "synthetic_lesions", "judge")
 
 
 def cli_flags(config, workdir):
@@ -323,7 +316,7 @@ def cli_flags(config, workdir):
     "--config=configs/synthetic_lesions.py:smoke",
     f"--workdir={workdir}",
     f"--config.data.tfds_data_dir={config.data.tfds_data_dir}",
-    "--config.model.attention_resolutions=()",
+    *LESION_MODEL_FLAGS,
     "--config.classify.batch_size=8",
     "--config.explain.batch_size=8",
   ]
@@ -332,13 +325,15 @@ def cli_flags(config, workdir):
 def test_sample_command_writes_a_grid_and_arrays(lesion_model, tmp_path):
   config, workdir = lesion_model
   args = ["-m", "medfusion.sample", *cli_flags(config, workdir), "--class=lesion,healthy", "--num=3"]
-  proc = run_python([*args, f"--output={tmp_path / 'a'}"])
+  proc, bad = run_pythons(
+    [[*args, f"--output={tmp_path / 'a'}"], [*args, "--class=tumour", f"--output={tmp_path / 'b'}"]], check=False
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
   assert json.loads(proc.stdout.strip().splitlines()[-1])["classes"] == ["lesion", "healthy"]
   with np.load(tmp_path / "a" / "samples.npz") as f:
     samples = f["samples"]
     assert samples.shape == (2, 3, 32, 32, 1) and f["classes"].tolist() == ["lesion", "healthy"]
   assert os.path.getsize(tmp_path / "a" / "samples.png") > 500
-  bad = run_python([*args, "--class=tumour", f"--output={tmp_path / 'b'}"], check=False)
   assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
     "error: --class='tumour' is not one of ('healthy', 'lesion', 'null')"
   ]
@@ -348,17 +343,22 @@ def test_explain_command_writes_panels_gallery_and_metrics(lesion_model, lesion_
   config, workdir = lesion_model
   output = tmp_path / "out"
   args = [*cli_flags(config, workdir), "--split=val", "--max_examples=16", "--num=4"]
-  proc = run_python(
+  proc, bad = run_pythons(
     [
-      "-m",
-      "medfusion.explain",
-      *args,
-      "--select=uncertain",
-      f"--judge={lesion_judge}",
-      "--evaluate",
-      f"--output={output}",
-    ]
+      [
+        "-m",
+        "medfusion.explain",
+        *args,
+        "--select=uncertain",
+        f"--judge={lesion_judge}",
+        "--evaluate",
+        f"--output={output}",
+      ],
+      ["-m", "medfusion.explain", *args, "--select=worst", f"--output={tmp_path / 'bad'}"],
+    ],
+    check=False,
   )
+  assert proc.returncode == 0, proc.stderr[-4000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["n"] == 4 and set(summary["counterfactuals"]) == set(counterfactual.METHODS)
   with open(output / "explain_metrics.json") as f:
@@ -379,7 +379,6 @@ def test_explain_command_writes_panels_gallery_and_metrics(lesion_model, lesion_
   with open(output / "index.html") as f:
     page = f.read()
   assert all(f"panels/{index:05d}.png" in page for index in indices)
-  bad = run_python(["-m", "medfusion.explain", *args, "--select=worst", f"--output={tmp_path / 'bad'}"], check=False)
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--select='worst'" in bad.stderr
   assert not os.path.exists(tmp_path / "bad")
 

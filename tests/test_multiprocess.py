@@ -18,7 +18,6 @@ import pytest
 from conftest import ROOT, run_python
 
 from medfusion import checkpoint, runtime, sharding
-from medfusion.data import pipeline
 from medfusion.training import state as state_lib
 
 TIMEOUT_S = 300  # both processes together; a normal run takes about a minute on 2 cores
@@ -83,15 +82,9 @@ def wait_all(procs, tmp_path, timeout: float) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, tfds_dir):
+def prepared(tiny_arrays):
   """The tiny config's splits as arrays (medfusion.prepare's layout): the processes need no TensorFlow."""
-  folder = tmp_path_factory.mktemp("prepared")
-  data = multiprocess_script.config(str(folder)).data
-  data.update(source="npz", tfds_data_dir=tfds_dir)
-  for name in (data.train_split, data.eval_split):
-    split = pipeline.load_split(data, name)
-    np.savez(folder / f"{name}.npz", images=split.images, labels=split.labels)
-  return str(folder)
+  return tiny_arrays
 
 
 def read_metrics(workdir) -> dict:

@@ -7,7 +7,7 @@ import os
 import kernel_errors_script
 import numpy as np
 import pytest
-from conftest import run_python
+from conftest import LESION_STEPS, StartedPythons, run_python
 
 from medfusion import modeldir
 from medfusion.evaluation import split_scoring
@@ -95,8 +95,10 @@ def test_interrupted_scoring_resumes_without_duplicates(scored, tmp_path, monkey
 
 
 def test_errors_same_on_one_and_eight_devices():
-  one = kernel_errors_script.errors()
-  eight = run_python(["tests/kernel_errors_script.py"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  eight_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  with StartedPythons([["tests/kernel_errors_script.py"]], eight_devices) as started:
+    one = kernel_errors_script.errors()  # while the other process starts
+    (eight,) = started.results()
   eight = json.loads(eight.stdout.splitlines()[-1])
   assert (one["devices"], eight["devices"]) == (1, 8)
   np.testing.assert_allclose(eight["mean_errors"], one["mean_errors"], rtol=1e-5)
@@ -159,7 +161,8 @@ def test_classifier_evaluator_reports_what_scoring_reports(scored):
 
 
 def test_score_without_config_uses_the_models_own(scored, tmp_path, tfds_dir):
-  """The lesion model was trained with overrides (no attention, 450 steps); scoring it needs only --workdir."""
+  """The lesion model was trained with overrides (8 channels, no attention, LESION_STEPS steps); scoring it needs only
+  --workdir."""
   config, workdir, output, _ = scored
   proc = run_python(
     [
@@ -172,7 +175,7 @@ def test_score_without_config_uses_the_models_own(scored, tmp_path, tfds_dir):
       f"--config.data.tfds_data_dir={tfds_dir}",
     ]
   )
-  assert "Using checkpoint" in proc.stderr and "(step 450, best)" in proc.stderr
+  assert "Using checkpoint" in proc.stderr and f"(step {LESION_STEPS}, best)" in proc.stderr
   first = read_csv(os.path.join(output, "scores.csv"))[:8]
   again = read_csv(os.path.join(tmp_path, "scores.csv"))
   assert [r["votes_lesion"] for r in again] == [r["votes_lesion"] for r in first]

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 import train_losses_script
-from conftest import run_python
+from conftest import StartedPythons
 
 from medfusion import checkpoint, sharding
 from medfusion.training import diffusion
@@ -16,7 +16,7 @@ from medfusion.training import state as state_lib
 
 
 def smoke_config(tfds_dir, eval_every, **train):
-  """train_losses_script.tiny_config (a one-level UNet: compiles fast) with these train fields, both evaluators
+  """train_losses_script.tiny_config (a narrow UNet: compiles fast) with these train fields, both evaluators
   every `eval_every` steps."""
   config = train_losses_script.tiny_config(tfds_dir)
   config.train.progress_bar = False
@@ -28,9 +28,9 @@ def smoke_config(tfds_dir, eval_every, **train):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tfds_dir):
-  """40 smoke steps at a high learning rate, logging every step."""
+  """40 smoke steps at a high learning rate, logging every step, saving at the evaluations (steps 20 and 40)."""
   workdir = str(tmp_path_factory.mktemp("smoke"))
-  config = smoke_config(tfds_dir, steps=40, log_every=1, learning_rate=2e-3, eval_every=20)
+  config = smoke_config(tfds_dir, steps=40, log_every=1, learning_rate=2e-3, eval_every=20, checkpoint_every=20)
   state = diffusion.train_and_evaluate(config, workdir)
   return config, workdir, state
 
@@ -83,11 +83,13 @@ def test_resume_continues_at_the_right_step(trained, caplog):
   assert steps == list(range(1, 46))
 
 
-def test_eight_simulated_devices_give_the_same_losses(tfds_dir):
-  one = train_losses_script.losses(tfds_dir, 2)
-  eight = run_python(
-    ["tests/train_losses_script.py", tfds_dir, "2"], {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  )
+def test_eight_simulated_devices_give_the_same_losses(tfds_dir, tiny_arrays):
+  del tiny_arrays  # it builds the data in tfds_dir: the two processes below only read it
+  eight_devices = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  # 3 steps: the train step of test_checkpoints_are_also_time_based's run, compiled once
+  with StartedPythons([["tests/train_losses_script.py", tfds_dir, "3"]], eight_devices) as started:
+    one = train_losses_script.losses(tfds_dir, 3)  # while the other process starts
+    (eight,) = started.results()
   eight = json.loads(eight.stdout.splitlines()[-1])
   assert (jax.device_count(), eight["devices"]) == (1, 8)
   np.testing.assert_allclose(eight["losses"], one, rtol=1e-4)
