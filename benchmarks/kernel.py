@@ -316,7 +316,7 @@ def early_stop(dtype: str) -> dict:
     return tally, pred, seconds, compile_s
 
   full, full_pred, full_s, full_compile = score("none")
-  seq, seq_pred, seq_s, seq_compile = score(rule)
+  early, early_pred, early_s, early_compile = score(rule)
 
   lb = min(FLAGS.loop_batch, n)
   loop_model = make_denoiser(config, dtype, 0.0)
@@ -325,7 +325,7 @@ def early_stop(dtype: str) -> dict:
   loop.first_calls()
   lt = common.timed(loop.run, warmup=0, repeats=1)
   loop_images_per_s = lb / lt["median_s"]
-  seq_images_per_s = n / seq_s
+  early_images_per_s = n / early_s
   return {
     "workdir": os.path.abspath(FLAGS.workdir),
     "checkpoint_step": int(step),
@@ -347,17 +347,17 @@ def early_stop(dtype: str) -> dict:
       "vote_accuracy": float((full_pred == labels).mean()),
     },
     "early_stop_vectorized": {
-      "seconds": seq_s,
-      "compile_s": seq_compile,
-      "images_per_s": seq_images_per_s,
-      "mean_nfe_per_image": float(seq.nfe.mean()),
-      "mean_draws_per_image": float(seq.draws.mean()),
-      "vote_accuracy": float((seq_pred == labels).mean()),
+      "seconds": early_s,
+      "compile_s": early_compile,
+      "images_per_s": early_images_per_s,
+      "mean_nfe_per_image": float(early.nfe.mean()),
+      "mean_draws_per_image": float(early.draws.mean()),
+      "vote_accuracy": float((early_pred == labels).mean()),
     },
     "loop_full_budget": {"loop_batch": lb, "images_timed": lb, "time": lt, "images_per_s": loop_images_per_s},
-    "speedup_early_stop": seq_images_per_s / loop_images_per_s,
+    "speedup_early_stop": early_images_per_s / loop_images_per_s,
     "speedup_full_budget_vs_loop": (n / full_s) / loop_images_per_s,
-    "early_stop_agreement": float((seq_pred == full_pred).mean()),
+    "early_stop_agreement": float((early_pred == full_pred).mean()),
   }
 
 

@@ -236,13 +236,13 @@ class StoppingRule:
     done = np.asarray(draws_left) <= 0
     if self.adaptive == "none":
       return done
+    draws = np.asarray(votes).sum(axis=1)  # every draw votes for one class
     if self.adaptive == "exact":
       stop = exact_vote_decided(votes, draws_left)
     elif self.adaptive == "sequential":
       stop = sequential_vote_decided(votes, self.boundaries)
     else:
-      draws = np.asarray(votes).sum(axis=1)
       stop = (predictive_flip_probability(votes, draws_left) < self.delta) & (
         predictive_mean_flip_probability(error_sum, error_gram, draws, draws_left) < self.delta
       )
-    return done | (stop & (np.asarray(votes).sum(axis=1) >= self.min_draws))
+    return done | (stop & (draws >= self.min_draws))

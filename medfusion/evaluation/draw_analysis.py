@@ -71,7 +71,8 @@ def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_r
   full, full_aurc = outcome(np.full(n, k))
   result = {"delta": [float(d) for d in deltas], "draws_per_round": draws_per_round, "min_draws": min_draws}
   result.update({"full_budget_draws": k, "full_budget_aurc": full_aurc})
-  rules = [(bounds, "sequential", bounds) for bounds in aggregate.STOPPING_BOUNDS] + [("predictive",) * 2 + ("exact",)]
+  rules = [(bounds, "sequential", bounds) for bounds in aggregate.STOPPING_BOUNDS]
+  rules.append(("predictive", "predictive", "exact"))  # name, rule, bounds (unused by the predictive rule)
   for name, adaptive, bounds in rules:
     rows = result[name] = {"mean_draws": [], "agreement": [], "accuracy": [], "aurc": []}
     for delta in deltas:
