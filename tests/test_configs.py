@@ -90,6 +90,7 @@ def test_paper_preset_is_303m_parameters_built_abstractly():
     ("classify.t_max", 1.5, "t_max"),
     ("classify.adaptive", "maybe", "classify.adaptive"),
     ("classify.draws_per_round", 5, "multiple of classify.draws_per_round"),
+    ("classify.min_draws", -1, "classify.min_draws=-1 must be a non-negative integer"),
     ("train.best_metric", "val/accuracy", "best_metric"),
     ("data.fit", "crop", "data.fit"),
   ],
