@@ -24,9 +24,8 @@ from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
-from medfusion.evaluation import driver, report
+from medfusion.evaluation import driver, report, resnet_inference
 from medfusion.models import make_denoiser
-from medfusion.models.resnet import ResNet, ResNetConfig
 
 COMMON_FIELDS = ("type", "every", "prefix", "num_examples")
 
@@ -96,26 +95,6 @@ class DiffusionClassifierEvaluator:
     return {**flat, "temperature": temperature}
 
 
-def make_predict_step(config, mesh):
-  """The jitted ResNet inference step: (variables, images) -> softmax probabilities, replicated to every process."""
-  model = ResNet(ResNetConfig.from_config(config))
-
-  def predict_step(variables, images):
-    return jax.nn.softmax(model.apply(variables, images))
-
-  rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  return jax.jit(predict_step, in_shardings=(rep, data), out_shardings=rep)
-
-
-def predict(predict_step, variables, split: pipeline.Split, batch_size: int, mesh, stop: int | None = None):
-  """Softmax probabilities [N, C] of the first `stop` examples of `split` (all when None)."""
-  probs = []
-  for batch in pipeline.eval_batches(split, batch_size, 0, stop):
-    images = sharding.shared_to_global(mesh, {"image": batch["image"]})["image"]
-    probs.append(np.asarray(predict_step(variables, images))[batch["valid"]])
-  return np.concatenate(probs)
-
-
 def classification_report(labels, probs) -> dict:
   """classification_metrics plus the mean negative log-likelihood ('loss')."""
   nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
@@ -132,11 +111,11 @@ class ClassificationEvaluator:
   def __init__(self, config, settings, split: pipeline.Split, mesh):
     self.settings, self.split, self.mesh = settings, split, mesh
     sharding.check_batch_size(settings.batch_size, f"config.evals.{settings.name}.batch_size")
-    self.step = make_predict_step(config, mesh)
+    self.step = resnet_inference.make_predict_step(config, mesh)
 
   def run(self, variables) -> dict:
     stop = min(self.settings.num_examples, len(self.split.labels))
-    probs = predict(self.step, variables, self.split, self.settings.batch_size, self.mesh, stop)
+    probs = resnet_inference.predict(self.step, variables, self.split, self.settings.batch_size, self.mesh, stop)
     return classification_report(self.split.labels[:stop], probs)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from medfusion import sharding, stored_config
 from medfusion.errors import UserError
-from medfusion.evaluation import evaluators
+from medfusion.evaluation import evaluators, resnet_inference
 from medfusion.explanations import maps
 from medfusion.models.resnet import ResNet, ResNetConfig
 from medfusion.training import resnet
@@ -45,7 +45,7 @@ class Judge:
     self.description = f"ResNet {workdir} (step {int(step)}, {which})"
     self.batch_size = next(e.batch_size for e in config.evals.values() if e.type == "classification")
     sharding.check_batch_size(self.batch_size, f"{workdir}: config.evals batch_size")
-    self.predict_step = evaluators.make_predict_step(config, self.mesh)
+    self.predict_step = resnet_inference.make_predict_step(config, self.mesh)
     log.info("Judge: %s", self.description)
 
   def probabilities(self, images) -> np.ndarray:

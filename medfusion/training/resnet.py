@@ -19,7 +19,7 @@ import optax
 from medfusion import checkpoint, runtime, sharding
 from medfusion.data import pipeline
 from medfusion.errors import ConfigError
-from medfusion.evaluation import evaluators
+from medfusion.evaluation import evaluators, resnet_inference
 from medfusion.models.resnet import ResNet, ResNetConfig
 from medfusion.training import loop, optim
 from medfusion.writers import write_json_atomic, write_npz_atomic
@@ -175,12 +175,12 @@ def _write_best_metrics(config, workdir: str) -> None:
   mesh = sharding.make_mesh()
   best, best_step, which = restore_best(config, workdir, mesh)
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
-  predict_step, batch_size = evaluators.make_predict_step(config, mesh), _batch_size(config)
+  predict_step, batch_size = resnet_inference.make_predict_step(config, mesh), _batch_size(config)
   first = next(pipeline.eval_batches(eval_split, batch_size))
   images = sharding.shared_to_global(mesh, {"image": first["image"]})["image"]
   jax.block_until_ready(predict_step(variables(best), images))
   start = time.perf_counter()
-  probs = evaluators.predict(predict_step, variables(best), eval_split, batch_size, mesh)
+  probs = resnet_inference.predict(predict_step, variables(best), eval_split, batch_size, mesh)
   seconds_per_image = (time.perf_counter() - start) / len(probs)
   result = {
     **evaluators.classification_report(eval_split.labels, probs),
@@ -209,6 +209,6 @@ def evaluate_split(config, workdir: str, split: str) -> tuple[np.ndarray, np.nda
   batch_size = _batch_size(config)
   state, _, _ = restore_best(config, workdir, mesh)
   data = pipeline.load_split(config.data, split)
-  return data.labels, evaluators.predict(
-    evaluators.make_predict_step(config, mesh), variables(state), data, batch_size, mesh
+  return data.labels, resnet_inference.predict(
+    resnet_inference.make_predict_step(config, mesh), variables(state), data, batch_size, mesh
   )
