@@ -115,6 +115,15 @@ def get_config(arg: str = ""):
   config.diffusion.loss_weighting = "min_snr"  # min_snr | uniform
   config.diffusion.min_snr_gamma = 5.0
   config.diffusion.label_dropout = 0.1  # probability of training on the null class
+  # Share of training timesteps drawn in the classifier's range [classify.t_min, classify.t_max] instead of [0, 1],
+  # importance-weighted so the expected loss is unchanged (0: uniform t, as before).
+  config.diffusion.t_focus = 0.0
+  # A classification term beside the denoising loss: cross-entropy of the true class under softmax(-relative
+  # per-class error / temperature) at one shared (t, eps) per image in the classifier's t range (C more
+  # evaluations per image); weight 0 turns it off. Computed every `class_loss_every` steps.
+  config.diffusion.class_loss_weight = 0.0
+  config.diffusion.class_loss_temperature = 0.05
+  config.diffusion.class_loss_every = 1
 
   # The diffusion classifier (medfusion.score, medfusion.sweep and the diffusion_classifier evaluator).
   config.classify = ml_collections.ConfigDict()

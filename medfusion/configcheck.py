@@ -28,7 +28,7 @@ def check(config) -> None:
     raise ConfigError(f"config.train.ema_decay={config.train.ema_decay!r} must be in [0, 1)")
   models.denoiser_config(config)
   schedules.Schedule.from_config(config.diffusion, config.data.image_size)
-  losses.LossSpec.from_config(config.diffusion)
+  losses.LossSpec.from_config(config)
   kernel.KernelSpec.from_config(config)
   classifier.ClassifierSpec.from_config(config)
   if config.classify.chunk_size < config.data.num_classes:

@@ -22,6 +22,7 @@ PLACEHOLDERS = {("classify", "temperature"): float}  # fields whose unset value 
 ADDED_FIELDS = {
   "data": {"augment": "none"},
   "model": {"wavelet": False},
+  "diffusion": {"t_focus": 0.0, "class_loss_weight": 0.0, "class_loss_temperature": 0.05, "class_loss_every": 1},
   "train": {"checkpoint_minutes": 10.0},
   "classify": {"prior": "uniform", "positive_class": "", "min_draws": 0},
   "explain": {

@@ -42,7 +42,7 @@ class DenoisingLoss:
     sharding.check_batch_size(settings.batch_size, f"config.evals.{settings.name}.batch_size")
     model = make_denoiser(config)
     schedule = schedules.Schedule.from_config(config.diffusion, config.data.image_size)
-    spec = losses.LossSpec.from_config(config.diffusion)
+    spec = losses.LossSpec.from_config(config)
 
     def eval_step(params, batch, key):
       def apply_fn(z, logsnr, labels):
