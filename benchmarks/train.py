@@ -1,4 +1,4 @@
-r"""Throughput of the train step (`medfusion.training.diffusion.make_train_step`) on synthetic batches.
+r"""Throughput of the train step (`medfusion.training.diffusion_trainer.make_train_step`) on synthetic batches.
 
   python -m benchmarks.train --model=small --dtypes=float32,bfloat16 --repeats=3 --cpu_ynnpack=default,off
 
@@ -44,7 +44,7 @@ def model_config(name: str, dtype: str, batch_size: int):
 
 
 def throughput(name: str, dtype: str, peaks: dict) -> dict:
-  from medfusion.training import diffusion
+  from medfusion.training import diffusion_trainer
 
   config = model_config(name, dtype, FLAGS.batch_size)
   b, size, channels = config.train.batch_size, config.data.image_size, config.data.num_channels
@@ -65,7 +65,7 @@ def throughput(name: str, dtype: str, peaks: dict) -> dict:
       "label": rng.integers(0, config.data.num_classes, b).astype(np.int32),
     },
   )
-  step_fn = diffusion.make_train_step(config, model, optimizer, mesh)
+  step_fn = diffusion_trainer.make_train_step(config, model, optimizer, mesh)
   start = time.perf_counter()
   lowered = step_fn.lower(state, batch)
   compiled = lowered.compile()

@@ -11,7 +11,7 @@ from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
 from medfusion.evaluation import evaluators, report
 from medfusion.explanations import counterfactual, sampler
-from medfusion.training import loop, resnet
+from medfusion.training import loop, resnet_trainer
 
 
 def check(config) -> None:
@@ -22,7 +22,7 @@ def check(config) -> None:
   loop.check_train_config(config.train)
   evaluators.check(config)
   if evaluators.model_kind(config) == "resnet":
-    resnet.check_baseline(config)
+    resnet_trainer.check_baseline(config)
     return
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ConfigError(f"config.train.ema_decay={config.train.ema_decay!r} must be in [0, 1)")

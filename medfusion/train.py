@@ -22,9 +22,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   config = cli.start(argv, distributed=FLAGS.distributed)
   from medfusion.evaluation import evaluators
-  from medfusion.training import diffusion, resnet
+  from medfusion.training import diffusion_trainer, resnet_trainer
 
-  trainer = diffusion if evaluators.model_kind(config) == "diffusion" else resnet
+  trainer = diffusion_trainer if evaluators.model_kind(config) == "diffusion" else resnet_trainer
   trainer.train_and_evaluate(config, FLAGS.workdir)
 
 

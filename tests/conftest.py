@@ -105,7 +105,7 @@ def lesion_model(tmp_path_factory, tfds_dir):
   """(config, workdir) of the smoke UNet at 8 channels (without attention) trained for LESION_STEPS steps on
   synthetic_lesions:smoke."""
   from configs import synthetic_lesions
-  from medfusion.training import diffusion
+  from medfusion.training import diffusion_trainer
 
   workdir = str(tmp_path_factory.mktemp("lesions"))
   config = synthetic_lesions.get_config("smoke")
@@ -118,7 +118,7 @@ def lesion_model(tmp_path_factory, tfds_dir):
   config.evals.loss.every = LESION_STEPS
   config.evals.classify.every = LESION_STEPS
   config.train.checkpoint_every = LESION_STEPS
-  diffusion.train_and_evaluate(config, workdir)
+  diffusion_trainer.train_and_evaluate(config, workdir)
   return config, workdir
 
 

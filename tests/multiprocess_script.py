@@ -17,7 +17,7 @@ from train_losses_script import tiny_config
 
 from medfusion import runtime
 from medfusion.evaluation import split_scoring
-from medfusion.training import diffusion
+from medfusion.training import diffusion_trainer
 
 STEPS = 3
 SCORED = 8
@@ -41,7 +41,7 @@ def run(prepared: str, workdir: str, output: str, checkpoint_minutes: str = "") 
   cfg = config(prepared)
   if checkpoint_minutes:
     cfg.train.checkpoint_minutes = float(checkpoint_minutes)
-  state = diffusion.train_and_evaluate(cfg, workdir)
+  state = diffusion_trainer.train_and_evaluate(cfg, workdir)
   scores = split_scoring.score_split(cfg, workdir, cfg.data.eval_split, output, max_examples=SCORED)
   return {
     "distributed": distributed,

@@ -15,7 +15,7 @@ from configs import pneumoniamnist_resnet
 from medfusion import configcheck
 from medfusion.evaluation import evaluators
 from medfusion.models.resnet import ResNet, ResNetConfig
-from medfusion.training import resnet as baseline_trainer
+from medfusion.training import resnet_trainer
 
 
 def _num_params(config: ResNetConfig, channels: int) -> int:
@@ -35,25 +35,25 @@ def test_cross_entropy_matches_optax_label_smoothing():
   labels = np.array([0, 1, 2, 1, 0])
   targets = optax.smooth_labels(jax.nn.one_hot(labels, 3), 0.1)
   expected = optax.softmax_cross_entropy(logits, targets)
-  np.testing.assert_allclose(baseline_trainer.cross_entropy(logits, labels, 0.1), expected, rtol=1e-6)
+  np.testing.assert_allclose(resnet_trainer.cross_entropy(logits, labels, 0.1), expected, rtol=1e-6)
 
 
 def test_augment_translates_within_padding():
   images = np.random.default_rng(0).uniform(-1.0, 1.0, (6, 8, 8, 1)).astype(np.float32)
-  np.testing.assert_array_equal(baseline_trainer.augment(images, jax.random.key(1), 0), images)
-  out = np.asarray(baseline_trainer.augment(images, jax.random.key(1), 2))
+  np.testing.assert_array_equal(resnet_trainer.augment(images, jax.random.key(1), 0), images)
+  out = np.asarray(resnet_trainer.augment(images, jax.random.key(1), 2))
   padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), constant_values=-1.0)
   for image, crop in zip(padded, out, strict=True):
     assert any(np.array_equal(image[y : y + 8, x : x + 8], crop) for y in range(5) for x in range(5))
   assert not np.array_equal(out, images)
 
 
-@pytest.mark.parametrize("name", baseline_trainer.OPTIMIZERS)
+@pytest.mark.parametrize("name", resnet_trainer.OPTIMIZERS)
 def test_each_optimizer_builds_a_state(name):
   config = pneumoniamnist_resnet.get_config("smoke")
   config.optim.name = name
   model = ResNet(ResNetConfig.from_config(config))
-  state = jax.eval_shape(lambda: baseline_trainer.init_state(config, model, baseline_trainer.make_optimizer(config)))
+  state = jax.eval_shape(lambda: resnet_trainer.init_state(config, model, resnet_trainer.make_optimizer(config)))
   assert state.batch_stats and jax.tree.leaves(state.opt_state)
 
 
@@ -75,7 +75,7 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   config.data.tfds_data_dir = tfds_dir
   config.train.progress_bar = False
   workdir = tmp_path / "run"
-  baseline_trainer.train_and_evaluate(config, str(workdir))
+  resnet_trainer.train_and_evaluate(config, str(workdir))
 
   losses = [r["loss"] for r in _records(workdir) if "loss" in r]
   assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
@@ -85,7 +85,7 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   assert result["n"] == 524 and result["seconds_per_image"] > 0
   # After 10 steps BatchNorm's running statistics are still far off, so the val loss itself says little.
   assert math.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0
-  labels, probs = baseline_trainer.evaluate_split(config, str(workdir), "val")
+  labels, probs = resnet_trainer.evaluate_split(config, str(workdir), "val")
   assert evaluators.classification_report(labels, probs)["accuracy"] == result["accuracy"]
   stored = np.load(workdir / "predictions_val.npz")
   np.testing.assert_array_equal(stored["labels"], labels)
@@ -94,7 +94,7 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   # A run killed after step 9 left checkpoint 5 as its newest: a relaunch continues from it on the same data.
   first = {r["step"]: r["loss"] for r in _records(workdir) if "loss" in r}
   shutil.rmtree(workdir / "checkpoints" / "10")
-  baseline_trainer.train_and_evaluate(config, str(workdir))
+  resnet_trainer.train_and_evaluate(config, str(workdir))
   assert "Resumed from step 5" in caplog.text
   # metrics.jsonl drops the killed run's lines after step 5, so each step is logged once.
   resumed = [(r["step"], r["loss"]) for r in _records(workdir) if "loss" in r]

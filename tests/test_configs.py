@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 
+import fakes
 import jax
 import pytest
 
@@ -14,7 +15,7 @@ from medfusion import configcheck
 from medfusion.data import pipeline
 from medfusion.errors import ConfigError
 from medfusion.evaluation import evaluators, split_scoring
-from medfusion.training import diffusion, resnet
+from medfusion.training import diffusion_trainer, resnet_trainer
 from medfusion.training import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,12 +28,10 @@ CONFIGS = sorted(
 
 @pytest.fixture(scope="module")
 def downloads(tmp_path_factory):
-  """Tiny fake CheXpert and ISIC downloads in their official layouts (tests/test_paper_data.py)."""
-  import test_paper_data
-
+  """Tiny fake CheXpert and ISIC downloads in their official layouts (tests/fakes.py)."""
   root = tmp_path_factory.mktemp("downloads")
-  test_paper_data._fake_chexpert(root / "chexpert")
-  test_paper_data._fake_isic(root / "isic", "2020")
+  fakes.fake_chexpert(root / "chexpert")
+  fakes.fake_isic(root / "isic", "2020")
   return root
 
 
@@ -58,7 +57,7 @@ def test_smoke_config_trains_and_scores_unmodified(name, tmp_path, tfds_dir, dow
   config.data.tfds_data_dir = tfds_dir  # where tfds builds the data (and finds a download); the rest as shipped
   workdir = str(tmp_path / "run")
   kind = evaluators.model_kind(config)
-  state = (diffusion if kind == "diffusion" else resnet).train_and_evaluate(config, workdir)
+  state = (diffusion_trainer if kind == "diffusion" else resnet_trainer).train_and_evaluate(config, workdir)
   assert int(state.step) == config.train.steps
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     logged = set().union(*(json.loads(line) for line in f))

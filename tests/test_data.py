@@ -2,6 +2,7 @@
 
 import pathlib
 
+import fakes
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,22 +18,6 @@ def _data_config(tmp_path: pathlib.Path, **fields):
   config.tfds_data_dir = str(tmp_path / "tfds")
   config.update(fields)
   return config
-
-
-def _write_npz(path: pathlib.Path, **arrays) -> str:
-  np.savez(path, **arrays)
-  return str(path)
-
-
-def _fake_npz(path: pathlib.Path, n_train=12, n_test=7, shape=(20, 20, 3), num_classes=3) -> str:
-  rng = np.random.default_rng(0)
-  return _write_npz(
-    path,
-    train_images=rng.integers(0, 256, (n_train, *shape), dtype=np.uint8),
-    train_labels=np.arange(n_train) % num_classes,
-    test_images=rng.integers(0, 256, (n_test, *shape), dtype=np.uint8),
-    test_labels=(np.arange(n_test) % num_classes)[:, None],
-  )
 
 
 def _in_memory_split(num_examples: int) -> pipeline.Split:
@@ -80,7 +65,7 @@ def test_bundled_npz(tmp_path):
 
 
 def test_npz_rgb_with_test_split_resized(tmp_path):
-  npz = _fake_npz(tmp_path / "fake.npz")
+  npz = fakes.fake_npz(tmp_path / "fake.npz")
   config = _data_config(tmp_path, npz=npz, num_classes=3, num_channels=3, image_size=16, fit="resize")
   split = pipeline.load_split(config, "test")
   assert split.images.shape == (7, 16, 16, 3) and split.labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
@@ -95,8 +80,8 @@ def test_npz_rgb_with_test_split_resized(tmp_path):
 
 def test_npz_config_name_follows_content(tmp_path):
   (tmp_path / "b").mkdir()
-  first = MedmnistNpz(npz_path=_fake_npz(tmp_path / "a.npz"), num_classes=3, data_dir=tmp_path)
-  same_stem = _fake_npz(tmp_path / "b" / "a.npz", n_train=13)
+  first = MedmnistNpz(npz_path=fakes.fake_npz(tmp_path / "a.npz"), num_classes=3, data_dir=tmp_path)
+  same_stem = fakes.fake_npz(tmp_path / "b" / "a.npz", n_train=13)
   second = MedmnistNpz(npz_path=same_stem, num_classes=3, data_dir=tmp_path)
   assert first.builder_config.name.startswith("a_")
   assert first.builder_config.name != second.builder_config.name
@@ -131,7 +116,7 @@ _LABELS = np.zeros((4, 1), np.uint8)
   ],
 )
 def test_npz_errors(tmp_path, arrays, message):
-  npz = _write_npz(tmp_path / "bad.npz", **arrays)
+  npz = fakes.write_npz(tmp_path / "bad.npz", **arrays)
   with pytest.raises(DataError, match=message) as error:
     pipeline.load_split(_data_config(tmp_path, npz=npz), "train")
   assert "bad.npz" in str(error.value) and "\n" not in str(error.value)
@@ -363,6 +348,6 @@ np.savez({str(tmp_path / "read.npz")!r}, images=split.images, labels=split.label
   arrays.image_size = 28
   with pytest.raises(DataError, match=r"val\.npz: images are uint8 \(64, 32, 32, 1\).*expected uint8"):
     pipeline.load_split(arrays, "val")
-  _write_npz(out / "other.npz", x=np.zeros(3))
+  fakes.write_npz(out / "other.npz", x=np.zeros(3))
   with pytest.raises(DataError, match=r"other\.npz: holds \['x'\]"):
     pipeline.load_split(arrays, "other")

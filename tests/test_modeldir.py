@@ -4,12 +4,12 @@ import json
 import os
 import shutil
 
+import fakes
 import jax
 import numpy as np
 import pytest
 import train_losses_script
 from conftest import ROOT, run_python
-from test_robustness import assert_one_line_error
 
 from configs import pneumoniamnist
 from medfusion import checkpoint, modeldir, runtime
@@ -43,7 +43,7 @@ def test_damaged_exported_model_fails_in_one_line_and_writes_nothing(tmp_path, t
     ],
     check=False,
   )
-  assert_one_line_error(proc, os.path.basename(target), "changed since export")
+  fakes.assert_one_line_error(proc, os.path.basename(target), "changed since export")
   assert not output.exists()
 
 
@@ -123,11 +123,12 @@ def test_the_shipped_models_stored_config_loads_with_fields_added_since():
 
 def test_multiclass_scoring_reports_per_class_metrics_a_positive_class_and_a_prior(tmp_path):
   """Seven classes, RGB (the DermaMNIST layout), an untrained tiny model: the multi-class outputs are all there."""
-  from test_data import _fake_npz
 
   config = train_losses_script.tiny_config(str(tmp_path / "tfds"))
   names = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-  config.data.update(npz=_fake_npz(tmp_path / "derma.npz", n_train=21, n_test=14, shape=(28, 28, 3), num_classes=7))
+  config.data.update(
+    npz=fakes.fake_npz(tmp_path / "derma.npz", n_train=21, n_test=14, shape=(28, 28, 3), num_classes=7)
+  )
   config.data.update(class_names=names, num_classes=7, num_channels=3)
   config.classify.update(num_draws=2, batch_size=8, temperature=0.01, prior="train", positive_class="mel")
   params = runtime.run_once(lambda: state_lib.init_params(config, state_lib.make_model(config)))

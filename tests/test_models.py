@@ -15,7 +15,7 @@ from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.diffusion import schedules
 from medfusion.errors import ConfigError
 from medfusion.models import make_denoiser, wavelet
-from medfusion.training import diffusion
+from medfusion.training import diffusion_trainer
 from medfusion.training import state as state_lib
 
 TINY = {"dit": ("smoke,model=dit", False), "wavelet_unet": ("smoke", True)}
@@ -156,7 +156,7 @@ def test_tiny_models_score_and_train_unmodified(name):
   tally = DiffusionClassifier(config, perturbed(state.ema_params)).score(images, np.arange(3))
   assert np.all(np.isfinite(tally.mean_errors)) and np.all(tally.draws == config.classify.num_draws)
 
-  step = diffusion.make_train_step(config, model, optimizer, mesh)
+  step = diffusion_trainer.make_train_step(config, model, optimizer, mesh)
   state = jax.tree.map(jnp.copy, state)  # the step donates its input; the cached state is shared
   batch = {"image": np.resize(images, (4, 16, 16, 1)), "label": np.array([0, 1, 0, 1], np.int32)}
   for _ in range(2):

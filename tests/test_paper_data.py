@@ -7,10 +7,10 @@ value tells which file it came from: splits, order and labels are checked file b
 import csv
 import pathlib
 
+import fakes
 import ml_collections
 import numpy as np
 import pytest
-from PIL import Image
 
 from configs import default
 from medfusion.data import pipeline
@@ -20,84 +20,7 @@ from medfusion.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHIPPED_LISTS = REPO / "data" / "original_splits"
-CHEXPERT_COLUMNS = (
-  "Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,Lung Lesion,"
-  "Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,Fracture,Support Devices"
-).split(",")
-ISIC_2019_COLUMNS = ("image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
-SIZES = ((20, 24), (31, 17), (12, 12), (40, 33))  # (height, width) of the fake images, in turn
-_STEP = 8  # pixel values of successive fake images differ by this much
-
-
-def _write_csv(path: pathlib.Path, columns, rows) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, columns, restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def _write_jpeg(path: pathlib.Path, number: int, mode: str) -> int:
-  """A flat JPEG whose (red) value identifies it, 'L', gray 'RGB' or coloured ('tinted'); returns that value."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  value = 16 + _STEP * number
-  colour = {"L": value, "RGB": (value,) * 3, "tinted": (value, 255 - value, 100)}[mode]
-  pixels = np.full((*SIZES[number % len(SIZES)], 1 if mode == "L" else 3), colour, np.uint8)
-  Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels).save(path, quality=95)
-  return value
-
-
-def _numbers(images: np.ndarray) -> list[int]:
-  """Which fake image each loaded image is, from its (first channel's) flat value."""
-  values = images[..., 0].reshape(len(images), -1)
-  assert (values.max(1) - values.min(1) <= 3).all()  # flat after resizing
-  return np.round((values.mean(1) - 16) / _STEP).astype(int).tolist()
-
-
-# (patient, study, view, Pleural Effusion, No Finding, label with uncertain = drop / positive / negative); None: drop
-CHEXPERT_TRAIN = (
-  (1, 1, "frontal", "1.0", "", 1, 1, 1),
-  (1, 1, "lateral", "1.0", "", None, None, None),
-  (1, 2, "frontal", "-1.0", "", None, 1, None),
-  (2, 1, "frontal", "", "1.0", 0, 0, 0),
-  (2, 2, "frontal", "0.0", "", None, None, None),
-  (3, 1, "frontal", "1.0", "", 1, 1, 1),
-  (4, 1, "frontal", "", "1.0", 0, 0, 0),
-  (4, 2, "frontal", "", "1.0", 0, 0, 0),
-  (5, 1, "frontal", "-1.0", "1.0", None, None, 0),
-  (6, 1, "frontal", "", "1.0", 0, 0, 0),
-  (7, 1, "frontal", "1.0", "0.0", 1, 1, 1),
-  (8, 1, "frontal", "", "1.0", 0, 0, 0),
-  (8, 1, "lateral", "", "1.0", None, None, None),
-)
-CHEXPERT_VALID = (
-  (64541, 1, "frontal", "1.0", "0.0", 1, 1, 1),
-  (64542, 1, "frontal", "0.0", "1.0", 0, 0, 0),
-  (64542, 1, "lateral", "0.0", "1.0", None, None, None),
-  (64543, 1, "frontal", "0.0", "0.0", None, None, None),
-)
 POLICIES = {"drop": 5, "positive": 6, "negative": 7}  # uncertain policy -> column of the expected label
-
-
-def _chexpert_path(csv_split: str, patient: int, study: int, view: str) -> str:
-  view_file = "view1_frontal.jpg" if view == "frontal" else "view2_lateral.jpg"
-  return f"CheXpert-v1.0-small/{csv_split}/patient{patient:05d}/study{study}/{view_file}"
-
-
-def _fake_chexpert(root: pathlib.Path) -> dict[str, int]:
-  """CheXpert-v1.0-small with train.csv, valid.csv and their images; returns {Path: image number}."""
-  numbers = {}
-  for csv_split, table in (("train", CHEXPERT_TRAIN), ("valid", CHEXPERT_VALID)):
-    rows = []
-    for patient, study, view, effusion, no_finding, *_ in table:
-      path = _chexpert_path(csv_split, patient, study, view)
-      numbers[path] = len(numbers)
-      _write_jpeg(root / path, numbers[path], "RGB" if numbers[path] % 3 == 0 else "L")  # RGB read as grayscale
-      frontal = "Frontal" if view == "frontal" else "Lateral"
-      row = {"Path": path, "Sex": "Female", "Age": "60", "Frontal/Lateral": frontal, "AP/PA": "AP"}
-      rows.append({**row, "Pleural Effusion": effusion, "No Finding": no_finding, "Cardiomegaly": "-1.0"})
-    _write_csv(root / "CheXpert-v1.0-small" / f"{csv_split}.csv", CHEXPERT_COLUMNS, rows)
-  return numbers
 
 
 def _expected(table, csv_split: str, numbers: dict[str, int], policy: str) -> dict[int, int]:
@@ -106,7 +29,7 @@ def _expected(table, csv_split: str, numbers: dict[str, int], policy: str) -> di
   for row in table:
     label = row[POLICIES[policy]]
     if label is not None:
-      kept[numbers[_chexpert_path(csv_split, *row[:3])]] = label
+      kept[numbers[fakes.chexpert_path(csv_split, *row[:3])]] = label
   return kept
 
 
@@ -127,7 +50,7 @@ def _data_config(tmp_path, source: str, manual_dir, **options):
 def _load(config, split: str) -> tuple[dict[int, int], pipeline.Split]:
   """{image number: label} of a split, in its stored order, and the split."""
   loaded = pipeline.load_split(config, split)
-  return dict(zip(_numbers(loaded.images), loaded.labels.tolist(), strict=True)), loaded
+  return dict(zip(fakes.image_numbers(loaded.images), loaded.labels.tolist(), strict=True)), loaded
 
 
 def _patients(numbers: dict[str, int], kept) -> set[str]:
@@ -137,22 +60,22 @@ def _patients(numbers: dict[str, int], kept) -> set[str]:
 
 @pytest.mark.parametrize("policy", ["drop", "positive", "negative"])
 def test_chexpert_own_splits(tmp_path, policy):
-  numbers = _fake_chexpert(tmp_path / "manual")
+  numbers = fakes.fake_chexpert(tmp_path / "manual")
   config = _data_config(tmp_path, "chexpert", tmp_path / "manual", uncertain=policy)
   train, loaded = _load(config, "train")
   assert loaded.images.shape == (len(train), 16, 16, 1) and loaded.images.dtype == np.uint8
   assert loaded.labels.dtype == np.int32 and loaded.skipped == ()
   val, _ = _load(config, "val")
   test, _ = _load(config, "test")
-  assert test == _expected(CHEXPERT_VALID, "valid", numbers, policy)
-  assert {**train, **val} == _expected(CHEXPERT_TRAIN, "train", numbers, policy)
+  assert test == _expected(fakes.CHEXPERT_VALID, "valid", numbers, policy)
+  assert {**train, **val} == _expected(fakes.CHEXPERT_TRAIN, "train", numbers, policy)
   assert list(train) == sorted(train) and list(val) == sorted(val)  # CSV order within a split
   # A quarter of train.csv's 8 patients are drawn for val (those with kept rows show up); none is in two splits.
   assert 1 <= len(_patients(numbers, val)) <= 2 and not _patients(numbers, train) & _patients(numbers, val)
 
 
 def test_chexpert_val_patients_follow_the_seed(tmp_path):
-  numbers = _fake_chexpert(tmp_path / "manual")
+  numbers = fakes.fake_chexpert(tmp_path / "manual")
   val_patients = []
   for seed in (0, 0, 1):
     config = _data_config(tmp_path, "chexpert", tmp_path / "manual", split_seed=seed, uncertain="positive")
@@ -161,11 +84,11 @@ def test_chexpert_val_patients_follow_the_seed(tmp_path):
 
 
 def test_chexpert_all_views_and_builder_config_names(tmp_path):
-  numbers = _fake_chexpert(tmp_path / "manual")
+  numbers = fakes.fake_chexpert(tmp_path / "manual")
   config = _data_config(tmp_path, "chexpert", tmp_path / "manual", frontal_only=False)
   test, _ = _load(config, "test")
-  lateral = numbers[_chexpert_path("valid", 64542, 1, "lateral")]
-  assert test == {**_expected(CHEXPERT_VALID, "valid", numbers, "drop"), lateral: 0}
+  lateral = numbers[fakes.chexpert_path("valid", 64542, 1, "lateral")]
+  assert test == {**_expected(fakes.CHEXPERT_VALID, "valid", numbers, "drop"), lateral: 0}
 
   def name(**changes):
     options = {**config.chexpert.to_dict(), "image_size": 16, "on_bad_file": "stop", **changes}
@@ -181,9 +104,12 @@ def test_chexpert_all_views_and_builder_config_names(tmp_path):
 def _fake_chexpert_lists(folder: pathlib.Path, numbers: dict[str, int]) -> dict[str, list[tuple[int, int]]]:
   """Split lists in the original work's columns over the fake images; returns {split: [(number, label)]}."""
   chosen = {
-    "train": [(_chexpert_path("train", 7, 1, "frontal"), 1), (_chexpert_path("train", 2, 2, "frontal"), 0)],
-    "valid": [(_chexpert_path("train", 1, 2, "frontal"), 1), (_chexpert_path("train", 8, 1, "lateral"), 0)],
-    "test": [(_chexpert_path("valid", 64543, 1, "frontal"), 0), (_chexpert_path("train", 3, 1, "frontal"), 1)],
+    "train": [(fakes.chexpert_path("train", 7, 1, "frontal"), 1), (fakes.chexpert_path("train", 2, 2, "frontal"), 0)],
+    "valid": [(fakes.chexpert_path("train", 1, 2, "frontal"), 1), (fakes.chexpert_path("train", 8, 1, "lateral"), 0)],
+    "test": [
+      (fakes.chexpert_path("valid", 64543, 1, "frontal"), 0),
+      (fakes.chexpert_path("train", 3, 1, "frontal"), 1),
+    ],
   }
   expected = {}
   for list_split, rows in chosen.items():
@@ -191,13 +117,13 @@ def _fake_chexpert_lists(folder: pathlib.Path, numbers: dict[str, int]) -> dict[
     records = [
       {"Path": path, "Pleural Effusion": f"{label:.1f}", "No Finding": f"{1 - label:.1f}"} for path, label in rows
     ]
-    _write_csv(folder / f"chexpert-{list_split}.csv", columns, [{**r, "healthy_or_sick": "true"} for r in records])
+    fakes.write_csv(folder / f"chexpert-{list_split}.csv", columns, [{**r, "healthy_or_sick": "true"} for r in records])
     expected["val" if list_split == "valid" else list_split] = [(numbers[path], label) for path, label in rows]
   return expected
 
 
 def test_chexpert_split_lists_are_honoured_exactly(tmp_path):
-  numbers = _fake_chexpert(tmp_path / "manual")
+  numbers = fakes.fake_chexpert(tmp_path / "manual")
   expected = _fake_chexpert_lists(tmp_path / "lists", numbers)
   # The full-size download folder: Paths naming CheXpert-v1.0-small resolve there too.
   (tmp_path / "manual" / "CheXpert-v1.0-small").rename(tmp_path / "manual" / "CheXpert-v1.0")
@@ -220,7 +146,7 @@ def test_shipped_split_lists(tmp_path):
   lists = {"train": "chexpert-train.csv", "val": "chexpert-valid.csv", "test": "chexpert-test.csv"}
   rows = {split: _first_rows(name) for split, name in lists.items()}
   for number, split in enumerate(lists):  # one image per split is there
-    _write_jpeg(manual / rows[split][0]["Path"], number, "L")
+    fakes.write_jpeg(manual / rows[split][0]["Path"], number, "L")
   config = _data_config(tmp_path, "chexpert", manual, split_lists=str(SHIPPED_LISTS))
   config.on_bad_file = "skip"
   for number, split in enumerate(lists):
@@ -232,9 +158,9 @@ def test_shipped_split_lists(tmp_path):
   rows = {split: _first_rows(name) for split, name in lists.items()}
   old = next(row for row in rows["val"] if row["image_name"].endswith("_downsampled"))  # an ISIC 2019 file name
   present = {"train": [rows["train"][0]], "val": [old, rows["val"][-1]], "test": [rows["test"][0]]}
-  _write_jpeg(manual / "ISIC_2019_Training_Input" / f"{old['image_name']}.jpg", 0, "tinted")
+  fakes.write_jpeg(manual / "ISIC_2019_Training_Input" / f"{old['image_name']}.jpg", 0, "tinted")
   for number, row in enumerate([present["train"][0], present["val"][1], present["test"][0]], start=1):
-    _write_jpeg(manual / "train" / f"{row['image_name']}.jpg", number, "tinted")
+    fakes.write_jpeg(manual / "train" / f"{row['image_name']}.jpg", number, "tinted")
   config = _data_config(tmp_path, "isic", manual, split_lists=str(SHIPPED_LISTS))
   config.on_bad_file = "skip"
   expected = {"train": {1: present["train"][0]}, "val": {0: old, 2: present["val"][1]}, "test": {3: present["test"][0]}}
@@ -244,28 +170,9 @@ def test_shipped_split_lists(tmp_path):
     assert len(loaded.skipped) == len(rows[split]) - len(kept) and loaded.images.shape[1:] == (16, 16, 3)
 
 
-def _fake_isic(root: pathlib.Path, layout: str, labels=(1, 0, 0, 1, 0, 0, 1, 0, 0, 1)) -> list[int]:
-  """Ten RGB images in an ISIC layout; returns their labels (1 = melanoma) by image number."""
-  rows = []
-  for number, label in enumerate(labels):
-    if layout == "2020":
-      name = f"ISIC_{2637011 + number:07d}"
-      _write_jpeg(root / "train" / f"{name}.jpg", number, "tinted")
-      rows.append({"image_name": name, "patient_id": f"IP_{number // 2}", "target": str(label)})
-    else:
-      name = f"ISIC_{number:07d}" + ("_downsampled" if number % 4 == 0 else "")
-      _write_jpeg(root / "ISIC_2019_Training_Input" / f"{name}.jpg", number, "tinted")
-      rows.append({"image": name, **dict.fromkeys(ISIC_2019_COLUMNS[1:], "0.0"), "MEL" if label else "NV": "1.0"})
-  if layout == "2020":
-    _write_csv(root / "train.csv", ("image_name", "patient_id", "target"), rows)
-  else:
-    _write_csv(root / "ISIC_2019_Training_GroundTruth.csv", ISIC_2019_COLUMNS, rows)
-  return list(labels)
-
-
 @pytest.mark.parametrize("layout", ["2020", "2019"])
 def test_isic_stratified_splits(tmp_path, layout):
-  labels = _fake_isic(tmp_path / "manual", layout)
+  labels = fakes.fake_isic(tmp_path / "manual", layout)
   config = _data_config(tmp_path, "isic", tmp_path / "manual", layout=layout)
   splits = {split: _load(config, split) for split in ("train", "val", "test")}
   # Per class a quarter (rounded half to even) in val and in test: melanoma 4 -> 1 + 1, other 6 -> 2 + 2.
@@ -277,18 +184,18 @@ def test_isic_stratified_splits(tmp_path, layout):
     assert all(label == labels[number] for number, label in kept.items()) and list(kept) == sorted(kept)
     assert loaded.images.shape == (len(kept), 16, 16, 3) and loaded.images.dtype == np.uint8
     green = loaded.images[..., 1].reshape(len(kept), -1).mean(1)
-    np.testing.assert_allclose(green, [255 - 16 - _STEP * n for n in kept], atol=3)  # RGB kept
+    np.testing.assert_allclose(green, [255 - 16 - fakes.STEP * n for n in kept], atol=3)  # RGB kept
   again = _data_config(tmp_path / "again", "isic", tmp_path / "manual", layout=layout)
   assert _load(again, "test")[0] == splits["test"][0]  # deterministic
 
 
 def test_isic_split_lists_are_honoured_exactly(tmp_path):
-  _fake_isic(tmp_path / "manual", "2020")
+  fakes.fake_isic(tmp_path / "manual", "2020")
   names = [f"ISIC_{2637011 + number:07d}" for number in range(10)]
   chosen = {"train": [(4, 1), (0, 0), (9, 1)], "valid": [(7, 0)], "test": [(2, 1), (3, 0)]}  # labels from the lists
   for list_split, rows in chosen.items():
     records = [{"image_name": names[number], "target": label} for number, label in rows]
-    _write_csv(tmp_path / "lists" / f"isic-{list_split}.csv", ("image_name", "target"), records)
+    fakes.write_csv(tmp_path / "lists" / f"isic-{list_split}.csv", ("image_name", "target"), records)
   config = _data_config(tmp_path, "isic", tmp_path / "manual", split_lists=str(tmp_path / "lists"))
   for split, list_split in (("train", "train"), ("val", "valid"), ("test", "test")):
     kept, _ = _load(config, split)
@@ -296,13 +203,13 @@ def test_isic_split_lists_are_honoured_exactly(tmp_path):
 
 
 def test_missing_and_unreadable_files(tmp_path):
-  numbers = _fake_chexpert(tmp_path / "manual")
+  numbers = fakes.fake_chexpert(tmp_path / "manual")
   config = _data_config(tmp_path, "chexpert", tmp_path / "manual")
-  missing = tmp_path / "manual" / _chexpert_path("train", 4, 2, "frontal")
+  missing = tmp_path / "manual" / fakes.chexpert_path("train", 4, 2, "frontal")
   missing.unlink()
-  broken = tmp_path / "manual" / _chexpert_path("train", 6, 1, "frontal")
+  broken = tmp_path / "manual" / fakes.chexpert_path("train", 6, 1, "frontal")
   broken.write_bytes(broken.read_bytes()[:40])
-  line = 2 + CHEXPERT_TRAIN.index((4, 2, "frontal", "", "1.0", 0, 0, 0))
+  line = 2 + fakes.CHEXPERT_TRAIN.index((4, 2, "frontal", "", "1.0", 0, 0, 0))
   with pytest.raises(
     DataError, match=rf"{missing}: image file not found, listed in .*train.csv line {line}; pass"
   ) as e:
@@ -311,7 +218,7 @@ def test_missing_and_unreadable_files(tmp_path):
   config.on_bad_file = "skip"
   train, loaded = _load(config, "train")
   val, _ = _load(config, "val")
-  expected = _expected(CHEXPERT_TRAIN, "train", numbers, "drop")
+  expected = _expected(fakes.CHEXPERT_TRAIN, "train", numbers, "drop")
   bad = {numbers[p.relative_to(tmp_path / "manual").as_posix()] for p in (missing, broken)}
   assert {**train, **val} == {number: label for number, label in expected.items() if number not in bad}
   assert sorted(loaded.skipped + pipeline.load_split(config, "val").skipped) == sorted([str(missing), str(broken)])
@@ -337,7 +244,7 @@ def test_missing_folders_and_csvs(tmp_path):
   config = _data_config(tmp_path, "chexpert", tmp_path / "empty")
   with pytest.raises(DataError, match="empty: holds neither CheXpert-v1.0-small/ nor CheXpert-v1.0/"):
     pipeline.load_split(config, "train")
-  _fake_chexpert(tmp_path / "manual")
+  fakes.fake_chexpert(tmp_path / "manual")
   (tmp_path / "manual" / "CheXpert-v1.0-small" / "valid.csv").unlink()
   config = _data_config(tmp_path, "chexpert", tmp_path / "manual")
   with pytest.raises(DataError, match=r"valid.csv: file not found; download CheXpert"):
@@ -345,7 +252,7 @@ def test_missing_folders_and_csvs(tmp_path):
   config = _data_config(tmp_path, "chexpert", tmp_path / "manual", split_lists=str(tmp_path / "nolists"))
   with pytest.raises(DataError, match=r"nolists/chexpert-train.csv: file not found; .*data/original_splits"):
     pipeline.load_split(config, "train")
-  _fake_isic(tmp_path / "isic", "2019")
+  fakes.fake_isic(tmp_path / "isic", "2019")
   config = _data_config(tmp_path, "isic", tmp_path / "isic", layout="2020")
   with pytest.raises(DataError, match=r"isic/train: folder not found; .*ISIC_2020_Training_JPEG.zip"):
     pipeline.load_split(config, "train")

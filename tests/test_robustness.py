@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import fakes
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,17 +23,8 @@ from medfusion.classify import kernel
 from medfusion.data import pipeline
 from medfusion.diffusion import schedules
 from medfusion.evaluation import split_scoring
-from medfusion.training import diffusion
+from medfusion.training import diffusion_trainer
 from medfusion.training import state as state_lib
-
-
-def assert_one_line_error(proc, *fragments):
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: "), last
-  for fragment in fragments:
-    assert fragment in last, last
 
 
 def test_cli_rejects_bad_config_fields_in_one_line(tmp_path):
@@ -46,10 +38,10 @@ def test_cli_rejects_bad_config_fields_in_one_line(tmp_path):
     ],
     check=False,
   )
-  assert_one_line_error(stepz, "stepz", "steps")
-  assert_one_line_error(steps, "config.train.steps=-5")
-  assert_one_line_error(classes, "data.num_classes")
-  assert_one_line_error(chunk, "classify.chunk_size")
+  fakes.assert_one_line_error(stepz, "stepz", "steps")
+  fakes.assert_one_line_error(steps, "config.train.steps=-5")
+  fakes.assert_one_line_error(classes, "data.num_classes")
+  fakes.assert_one_line_error(chunk, "classify.chunk_size")
   assert not os.listdir(tmp_path)  # nothing written before the config is known to be good
 
 
@@ -85,10 +77,10 @@ def test_cli_rejects_bad_data_and_checkpoints_in_one_line(tmp_path, tfds_dir, le
     ],
     check=False,
   )
-  assert_one_line_error(npz, "bad.npz", "train_labels")
-  assert_one_line_error(no_checkpoint, "has no checkpoint")
-  assert_one_line_error(shapes, "has shape", "expects")
-  assert_one_line_error(draws, "classify.num_draws=0")
+  fakes.assert_one_line_error(npz, "bad.npz", "train_labels")
+  fakes.assert_one_line_error(no_checkpoint, "has no checkpoint")
+  fakes.assert_one_line_error(shapes, "has shape", "expects")
+  fakes.assert_one_line_error(draws, "classify.num_draws=0")
   assert not os.path.exists(f"{tmp_path}/out/scores.csv")
 
 
@@ -177,7 +169,7 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tiny_arrays):
   chain.start()
   reference = str(tmp_path / "reference")
   try:
-    diffusion.train_and_evaluate(config, reference)  # in the main thread: it installs signal handlers
+    diffusion_trainer.train_and_evaluate(config, reference)  # in the main thread: it installs signal handlers
   finally:
     chain.join()
   if failures:
@@ -354,7 +346,7 @@ def test_config_messages_name_the_culprit(tmp_path):
     ],
     check=False,
   )
-  assert_one_line_error(nope, "no such config file: configs/nope.py")
-  assert_one_line_error(stepz, "'stepz'", 'Did you mean "steps"')
+  fakes.assert_one_line_error(nope, "no such config file: configs/nope.py")
+  fakes.assert_one_line_error(stepz, "'stepz'", 'Did you mean "steps"')
   assert "\\" not in stepz.stderr
-  assert_one_line_error(steps, "config.train.steps=0")  # three comma-separated names passed the class check
+  fakes.assert_one_line_error(steps, "config.train.steps=0")  # three comma-separated names passed the class check

@@ -11,7 +11,7 @@ import train_losses_script
 from conftest import StartedPythons
 
 from medfusion import checkpoint, sharding
-from medfusion.training import diffusion
+from medfusion.training import diffusion_trainer
 from medfusion.training import state as state_lib
 
 
@@ -31,7 +31,7 @@ def trained(tmp_path_factory, tfds_dir):
   """40 smoke steps at a high learning rate, logging every step, saving at the evaluations (steps 20 and 40)."""
   workdir = str(tmp_path_factory.mktemp("smoke"))
   config = smoke_config(tfds_dir, steps=40, log_every=1, learning_rate=2e-3, eval_every=20, checkpoint_every=20)
-  state = diffusion.train_and_evaluate(config, workdir)
+  state = diffusion_trainer.train_and_evaluate(config, workdir)
   return config, workdir, state
 
 
@@ -76,7 +76,7 @@ def test_resume_continues_at_the_right_step(trained, caplog):
   config, workdir, _ = trained
   config = smoke_config(config.data.tfds_data_dir, steps=45, log_every=1, learning_rate=2e-3, eval_every=20)
   with caplog.at_level(logging.INFO, logger="medfusion"):
-    state = diffusion.train_and_evaluate(config, workdir)
+    state = diffusion_trainer.train_and_evaluate(config, workdir)
   assert "Resumed from step 40" in caplog.text
   assert int(state.step) == 45
   steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
@@ -98,5 +98,5 @@ def test_eight_simulated_devices_give_the_same_losses(tfds_dir, tiny_arrays):
 def test_checkpoints_are_also_time_based(tfds_dir, tmp_path):
   """With checkpoint_minutes tiny, every step is saved although checkpoint_every is far off."""
   config = smoke_config(tfds_dir, 100, steps=3, checkpoint_every=100, checkpoint_minutes=1e-9, keep_checkpoints=5)
-  diffusion.train_and_evaluate(config, str(tmp_path))
+  diffusion_trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]

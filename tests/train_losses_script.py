@@ -9,7 +9,7 @@ import jax
 from configs import pneumoniamnist
 from medfusion import runtime, sharding
 from medfusion.data import pipeline
-from medfusion.training import diffusion
+from medfusion.training import diffusion_trainer
 from medfusion.training import state as state_lib
 
 
@@ -33,7 +33,7 @@ def losses(tfds_dir: str, steps: int) -> list[float]:
   mesh = sharding.make_mesh()
   model, optimizer = state_lib.make_model(config), state_lib.make_optimizer(config.train)
   state = runtime.run_once(lambda: state_lib.init_state(config, model, optimizer), sharding.replicated(mesh))
-  step_fn = diffusion.make_train_step(config, model, optimizer, mesh)
+  step_fn = diffusion_trainer.make_train_step(config, model, optimizer, mesh)
   batches = pipeline.train_batches(pipeline.load_split(config.data, "train"), config.train.batch_size, config.seed)
   result = []
   for _ in range(steps):

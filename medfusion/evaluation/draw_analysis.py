@@ -1,6 +1,6 @@
 """How accuracy depends on the draws: the number K (mean vs vote) and the timestep t of each draw.
 
-`driver.draw_errors` evaluates every image on all K draws and classes once; `k_sweep`, `t_profile` and
+`split_runner.draw_errors` evaluates every image on all K draws and classes once; `k_sweep`, `t_profile` and
 `early_stop_sweep` are pure functions of that tensor, so trying other K, t ranges or stopping levels costs no
 network evaluations.
 """
@@ -15,7 +15,7 @@ from medfusion.classify import aggregate
 from medfusion.classify.classifier import DiffusionClassifier, prune_in_stages
 from medfusion.data import pipeline
 from medfusion.errors import UserError
-from medfusion.evaluation import driver
+from medfusion.evaluation import split_runner
 from medfusion.writers import write_json_atomic, write_npz_atomic
 
 
@@ -204,8 +204,8 @@ def sweep_split(
     split = pipeline.load_split(config.data, split_name)
     n = len(split.labels) if max_examples <= 0 else min(max_examples, len(split.labels))
     classifier = DiffusionClassifier(config, model.params, source=model.description)
-    with driver.progress_bar(n, f"draws {split_name}") as bar:
-      errors, t = driver.draw_errors(classifier, split, n, bar.update)
+    with split_runner.progress_bar(n, f"draws {split_name}") as bar:
+      errors, t = split_runner.draw_errors(classifier, split, n, bar.update)
     labels = split.labels[:n]
   step = model.step
   k = errors.shape[2]

@@ -24,7 +24,7 @@ from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
-from medfusion.evaluation import driver, report, resnet_inference
+from medfusion.evaluation import report, resnet_inference, split_runner
 from medfusion.models import make_denoiser
 
 COMMON_FIELDS = ("type", "every", "prefix", "num_examples")
@@ -88,7 +88,7 @@ class DiffusionClassifierEvaluator:
   def run(self, params) -> dict:
     classifier = DiffusionClassifier(self.config, params, self.mesh, source="the EMA model being trained")
     n = min(self.settings.num_examples, len(self.split.labels))
-    totals = driver.collect(driver.classify_split(classifier, self.split, n, n))
+    totals = split_runner.collect(split_runner.classify_split(classifier, self.split, n, n))
     temperature = metrics.fit_temperature(-totals.mean_error, totals.label)
     result = report.split_metrics(totals, report.per_image(totals, temperature))
     flat = {f"{agg}_{m}": result[agg][m] for agg in ("vote", "mean") for m in self.reported}

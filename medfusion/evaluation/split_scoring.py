@@ -20,7 +20,7 @@ from medfusion import metrics, modeldir, plots
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
 from medfusion.errors import Interrupted, UserError
-from medfusion.evaluation import driver, report
+from medfusion.evaluation import report, split_runner
 from medfusion.evaluation.report import Totals
 from medfusion.writers import write_json_atomic
 
@@ -136,8 +136,8 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
   partial = PartialScores(output, class_names, json.loads(json.dumps(fingerprint, default=list)))
   classifier = DiffusionClassifier(config, model.params, source=model.description)
   try:
-    with driver.progress_bar(n, f"score {split_name}", initial=len(partial.done)) as bar:
-      for totals in driver.classify_split(
+    with split_runner.progress_bar(n, f"score {split_name}", initial=len(partial.done)) as bar:
+      for totals in split_runner.classify_split(
         classifier, split, n, config.classify.batch_size * 4, skip=partial.done, progress=bar.update
       ):
         partial.append(totals)

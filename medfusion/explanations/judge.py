@@ -15,7 +15,7 @@ from medfusion.errors import UserError
 from medfusion.evaluation import evaluators, resnet_inference
 from medfusion.explanations import maps
 from medfusion.models.resnet import ResNet, ResNetConfig
-from medfusion.training import resnet
+from medfusion.training import resnet_trainer
 
 log = logging.getLogger("medfusion")
 
@@ -40,8 +40,8 @@ class Judge:
       )
     self.mesh = mesh or sharding.make_mesh()
     self.model = ResNet(ResNetConfig.from_config(config))
-    state, step, which = resnet.restore_best(config, workdir, self.mesh)
-    self.variables = resnet.variables(state)
+    state, step, which = resnet_trainer.restore_best(config, workdir, self.mesh)
+    self.variables = resnet_trainer.variables(state)
     self.description = f"ResNet {workdir} (step {int(step)}, {which})"
     self.batch_size = next(e.batch_size for e in config.evals.values() if e.type == "classification")
     sharding.check_batch_size(self.batch_size, f"{workdir}: config.evals batch_size")

@@ -20,7 +20,7 @@ from medfusion.classify import aggregate
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
 from medfusion.errors import UserError
-from medfusion.evaluation import driver
+from medfusion.evaluation import split_runner
 from medfusion.explanations import counterfactual, gallery, maps, scores
 from medfusion.explanations import sampler as sampler_lib
 from medfusion.explanations.judge import Judge
@@ -66,7 +66,7 @@ def sample_classes(config, workdir: str, classes: str, num: int, output: str) ->
   model = modeldir.load_ema_params(config, workdir)
   sampler = sampler_lib.Sampler(config, model.params)
   labels, indices = np.repeat(ids, num), np.tile(np.arange(num), len(ids))
-  with driver.progress_bar(len(labels), "sample") as bar:
+  with split_runner.progress_bar(len(labels), "sample") as bar:
     images = sampler.sample(labels, indices, bar.update)
   images = images.reshape(len(ids), num, *images.shape[1:])
   spec = sampler.spec
@@ -197,7 +197,7 @@ def explain_split(
   classified_pool = None
   if select in ("errors", "uncertain"):
     images = split.images[:pool].astype(np.float32) / 127.5 - 1.0
-    with driver.progress_bar(pool, f"classify {split_name}") as bar:
+    with split_runner.progress_bar(pool, f"classify {split_name}") as bar:
       classified_pool = Classified.from_errors(classifier.draw_errors(images, np.arange(pool), bar.update))
   chosen = choose(select, num, split.labels[:pool], classified_pool, config.seed)
   n = len(chosen)
@@ -207,7 +207,7 @@ def explain_split(
   labels = split.labels[chosen]
   masks = None if split.masks is None else split.masks[chosen]
 
-  with driver.progress_bar(n, f"classify {n} images") as bar:
+  with split_runner.progress_bar(n, f"classify {n} images") as bar:
     if config.explain.error_map:
       errors, pixel_errors = maps.class_pixel_errors(classifier, images, chosen, bar.update)
     else:
@@ -222,7 +222,7 @@ def explain_split(
   cfs = {}
   for method in methods:
     spec = counterfactual.CounterfactualSpec.from_config(config, method)
-    with driver.progress_bar(n * c, f"counterfactuals ({METHOD_TITLES[method]})") as bar:
+    with split_runner.progress_bar(n * c, f"counterfactuals ({METHOD_TITLES[method]})") as bar:
       cfs[method] = counterfactual.counterfactuals(
         sampler, spec, images, chosen, targets, classified.prediction, bar.update
       )
@@ -336,7 +336,7 @@ def evaluation(classifier, judge, images, labels, masks, indices, predicted, cfs
     result["judge_accuracy"] = float(np.mean(np.argmax(judge.probabilities(images), axis=1) == labels))
   for method, edited in cfs.items():
     pairs = edited[pair_image, pair_target]
-    with driver.progress_bar(len(pairs), f"judge counterfactuals ({METHOD_TITLES[method]})") as bar:
+    with split_runner.progress_bar(len(pairs), f"judge counterfactuals ({METHOD_TITLES[method]})") as bar:
       errors = classifier.draw_errors(pairs, indices[pair_image], bar.update)
     entry = {"flip_rate_diffusion": scores.flip_rate(Classified.from_errors(errors).prediction, pair_target)}
     if judge is not None:
