@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from medfusion import runtime
+from medfusion import runtime, writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
@@ -177,14 +177,8 @@ def result_path(name: str, device_kind: str, out_dir: str = "", tag: str = "") -
 
 
 def write_json(path: str, payload: dict) -> None:
-  """Writes atomically (temporary file, then rename), so a killed run leaves the last complete write."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(payload, f, indent=2, default=_json_default)
-    f.write("\n")
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
+  """Writes atomically (writers.write_atomically), so a killed run leaves the last complete write."""
+  writers.write_text_atomic(path, json.dumps(payload, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value):

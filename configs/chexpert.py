@@ -20,8 +20,7 @@ def get_config(arg: str = ""):
     args.model = "dit"
   config = default.get_config()
   config.data.source = "chexpert"
-  config.data.class_names = ("no_finding", "pleural_effusion")
-  config.data.num_classes = 2
+  default.set_classes(config, ("no_finding", "pleural_effusion"))
   config.data.num_channels = 1
   config.data.eval_split = "val"
   config.data.chexpert = ml_collections.ConfigDict()

@@ -20,6 +20,13 @@ DERMAMNIST_NPZ = str(REPO / "data" / "dermamnist_28.npz")
 MODEL_PRESETS = ("small", "paper", "original_unet", "dit")
 
 
+def set_classes(config, names) -> None:
+  """`config.data.class_names` and `config.data.num_classes`, their number: the count is derived, never written by
+  hand (on the command line `--config.data.class_names=a,b,c` updates it too)."""
+  config.data.class_names = tuple(names)
+  config.data.num_classes = len(config.data.class_names)
+
+
 def parse_arg(arg: str, **defaults):
   """Parses 'smoke,model=paper' into a ConfigDict whose fields take the types of `defaults`."""
   parsed = ml_collections.ConfigDict(defaults)
@@ -39,8 +46,8 @@ def base_config():
   """Data, training loop and checkpoint settings, shared by the diffusion model and the ResNet baseline."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # XLA:CPU's YNNPACK path for convolutions used ~1 of 2 cores on the reference CPU; "off" measured fastest
-  # there (README, Performance). default | no_convolutions | off. Ignored on GPU/TPU.
+  # XLA:CPU's YNNPACK path for convolutions used one core of the reference CPU; "off" measured fastest there
+  # (README, Performance). default | no_convolutions | off. Ignored on GPU/TPU.
   config.cpu_ynnpack = "off"
 
   config.data = ml_collections.ConfigDict()
@@ -50,8 +57,7 @@ def base_config():
   config.data.folder = ""
   config.data.synthetic_config = "default"  # default | smoke (source=synthetic_lesions)
   config.data.tfds_data_dir = str(pathlib.Path.home() / "tensorflow_datasets")
-  config.data.num_classes = 2
-  config.data.class_names = ("normal", "pneumonia")
+  set_classes(config, ("normal", "pneumonia"))
   config.data.num_channels = 1
   config.data.image_size = 32  # model resolution; smaller images are padded or resized to it
   config.data.fit = "pad"  # pad | resize
@@ -93,8 +99,8 @@ def get_config(arg: str = ""):
 
   config.model = ml_collections.ConfigDict()
   config.model.type = "unet"
-  # The "small" preset: 1.6 M parameters, ~25 train images/s on the 2-core reference CPU; `model=paper` selects
-  # the paper-scale preset (`paper` below).
+  # The "small" preset, sized to train on a laptop CPU (its size and speed: benchmarks/README.md); `model=paper`
+  # selects the paper-scale preset (`paper` below).
   config.model.channels = 32
   config.model.channel_mult = (1, 2, 2)
   config.model.num_res_blocks = 2
@@ -173,7 +179,7 @@ def get_config(arg: str = ""):
     {"type": "denoising_loss", "every": 250, "prefix": "val/", "num_examples": 256, "batch_size": 128}
   )
   # The diffusion classifier (config.classify, at the full budget of `num_draws` draws) on the first
-  # `num_examples` eval images: val/vote_accuracy, val/mean_auc, ...; ~40 s per run on the 2-core CPU.
+  # `num_examples` eval images: val/vote_accuracy, val/mean_auc, ...
   config.evals.classify = ml_collections.ConfigDict(
     {"type": "diffusion_classifier", "every": 500, "prefix": "val/", "num_examples": 128, "num_draws": 8}
   )

@@ -20,8 +20,7 @@ def get_config(arg: str = ""):
     args.model = "dit"
   config = default.get_config()
   config.data.source = "isic"
-  config.data.class_names = ("other", "melanoma")
-  config.data.num_classes = 2
+  default.set_classes(config, ("other", "melanoma"))
   config.data.num_channels = 3
   config.data.eval_split = "val"
   config.data.isic = ml_collections.ConfigDict()

@@ -2,7 +2,7 @@ r"""A narrow ResNet-18 on synthetic lesions: the independent judge of counterfac
 
   python -m medfusion.train --config=configs/synthetic_lesions_resnet.py --workdir=runs/lesions_resnet
 
-Width 16 (0.7 M parameters, 2.8 MB): the task is easy, and the model ships beside the diffusion model. 320 steps at
+Width 16, a quarter of the usual: the task is easy, and the model ships beside the diffusion model. 320 steps at
 batch 128 are 20 epochs of the 2,000 training images. `:smoke` trains width 8 for 10 steps on the smoke data.
 """
 

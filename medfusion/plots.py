@@ -1,19 +1,19 @@
 """PNG plots of evaluation results, drawn off-screen and written atomically.
 
 Figures are built with matplotlib's object API on the Agg canvas, so no display is needed and pyplot's global
-state is never touched. Each PNG is written to a temporary file in the destination folder and moved into place
-with os.replace, so a killed process leaves either the old file or the new one, never half a PNG.
+state is never touched. Each PNG is written by writers.write_atomically, so a killed process leaves either the old
+file or the new one, never half a PNG.
 """
 
 import os
-import uuid
-from collections.abc import Callable, Mapping
-from typing import BinaryIO
+from collections.abc import Mapping
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
+
+from medfusion.writers import write_atomically
 
 
 def _new_axes(xlabel: str, ylabel: str, title: str):
@@ -26,24 +26,6 @@ def _new_axes(xlabel: str, ylabel: str, title: str):
   axes.set_title(title)
   axes.grid(True, alpha=0.3)
   return figure, axes
-
-
-def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-  """Calls `write(file)` on a temporary file in the folder of `path`, then fsync and os.replace: readers see the
-  old file or the whole new one, never part of it."""
-  folder, name = os.path.split(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-  try:
-    with open(temporary, "xb") as file:
-      write(file)
-      file.flush()
-      os.fsync(file.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
 
 
 def _save_atomically(figure: Figure, path: str | os.PathLike) -> None:

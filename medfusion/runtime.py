@@ -32,8 +32,8 @@ def configure_cpu(ynnpack: str) -> None:
 
 def run_once(fn, out_shardings=None):
   """Calls `fn()` jitted at XLA optimisation level 0: for functions that run once (parameter and state
-  initialisation), where the CPU compiles their ~20 random initialisers ~5x faster so (2-core reference CPU:
-  ~40 s -> ~8 s for the ResNet); values agree to float32 rounding."""
+  initialisation), where the CPU compiles their many random initialisers several times faster so; values agree to
+  float32 rounding."""
   return jax.jit(fn, out_shardings=out_shardings, compiler_options={"xla_backend_optimization_level": 0})()
 
 

@@ -15,6 +15,8 @@ import pathlib
 
 import ml_collections
 
+from configs import default
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PLACEHOLDERS = {("classify", "temperature"): float}  # fields whose unset value (null) has a type
 # Fields added after models were first stored, with the value that reproduces the older behaviour; a config.json
@@ -25,18 +27,9 @@ ADDED_FIELDS = {
   "diffusion": {"t_focus": 0.0, "class_loss_weight": 0.0, "class_loss_temperature": 0.05, "class_loss_every": 1},
   "train": {"checkpoint_minutes": 10.0},
   "classify": {"prior": "uniform", "positive_class": "", "min_draws": 0},
-  "explain": {
-    "method": "ddim_inversion",
-    "t_star": 0.5,
-    "guidance": 4.5,
-    "steps": 50,
-    "sampler": "ddim",
-    "invert_class": "null",
-    "smoothing_sigma": 1.0,
-    "error_map": True,
-    "batch_size": 32,
-    "dtype": "float32",
-  },
+  # Stored models predate explanations: every explain field takes its default (configs/default.py), read from there
+  # so a field added to the defaults needs no copy here.
+  "explain": default.get_config().explain.to_dict(),
 }
 
 

@@ -1,8 +1,13 @@
-"""Metric output of a run: a JSON-lines file and TensorBoard event files in the workdir (process 0 only)."""
+"""Writing files: the one atomic writer, and a run's metrics (a JSON-lines file and TensorBoard event files in
+the workdir, process 0 only)."""
 
+import io
 import json
 import os
 import time
+import uuid
+from collections.abc import Callable
+from typing import BinaryIO
 
 import jax
 import numpy as np
@@ -57,23 +62,39 @@ def _drop_lines_after(path: str, step: int) -> None:
           kept.append(line if line.endswith("\n") else line + "\n")
       except (ValueError, KeyError):  # a line torn by a kill
         continue
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
+  write_atomically(path, lambda file: file.write("".join(kept).encode()))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+  """Calls `write(file)` on a temporary file in the folder of `path`, then fsync and os.replace: readers see the
+  old file or the whole new one, never part of it, even after a crash. Every file medfusion writes goes through it."""
+  folder, name = os.path.split(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+  try:
+    with open(temporary, "xb") as file:
+      write(file)
+      file.flush()
+      os.fsync(file.fileno())
+    os.replace(temporary, path)
+  except BaseException:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+    raise
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """`text` (UTF-8) at `path`, written atomically."""
+  write_atomically(path, lambda file: file.write(text.encode()))
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to a temporary file beside `path`, then renames it: readers never see half a file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Indented JSON with sorted keys at `path`, written atomically."""
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_npz_atomic(path: str, **arrays) -> None:
-  """np.savez to a temporary file beside `path`, then a rename: readers never see half an archive."""
-  tmp = f"{path}.tmp{os.getpid()}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  """np.savez's archive at `path`, written atomically."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_atomically(path, lambda file: file.write(buffer.getvalue()))

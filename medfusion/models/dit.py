@@ -8,6 +8,7 @@ at zero, so every block starts as the identity and the network's first predictio
 
 import dataclasses
 
+import einops
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -132,10 +133,11 @@ class DiT(nn.Module):
   def __call__(self, z, logsnr, labels, train: bool = False):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    b, g, p = z.shape[0], cfg.grid_size, cfg.patch_size
+    g, p = cfg.grid_size, cfg.patch_size
     embed_init = nn.initializers.normal(0.02)
 
-    tokens = z.astype(dtype).reshape(b, g, p, g, p, -1).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, -1)
+    # Patchify: each p x p patch, in raster order over the g x g grid, is one token.
+    tokens = einops.rearrange(z.astype(dtype), "b (gh ph) (gw pw) c -> b (gh gw) (ph pw c)", ph=p, pw=p)
     x = nn.Dense(cfg.hidden_size, dtype=dtype, kernel_init=xavier)(tokens)
     x = x + jnp.asarray(sincos_position_embedding(g, cfg.hidden_size), dtype)
 
@@ -151,5 +153,5 @@ class DiT(nn.Module):
     shift, scale = jnp.split(modulation, 2, axis=-1)
     x = modulate(layer_norm(x, dtype), shift, scale)
     x = nn.Dense(p * p * cfg.out_channels, dtype=dtype, kernel_init=nn.initializers.zeros)(x)
-    out = x.reshape(b, g, g, p, p, cfg.out_channels).transpose(0, 1, 3, 2, 4, 5)
-    return out.reshape(b, g * p, g * p, cfg.out_channels).astype(jnp.float32)
+    out = einops.rearrange(x, "b (gh gw) (ph pw c) -> b (gh ph) (gw pw) c", gh=g, ph=p, pw=p)
+    return out.astype(jnp.float32)

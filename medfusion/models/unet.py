@@ -80,12 +80,11 @@ class UNetConfig:
 
 # --- GroupNorm and Conv with a cheaper backward pass on CPU -----------------------------------------------------
 # XLA:CPU computes a reduction over leading axes (fused with its elementwise producer) several times slower than a
-# matmul with a vector of ones: summing a (32, 32, 32, 64) gradient over all but the channels took ~6 ms against
-# ~1.4 ms on the 2-core reference CPU. Autodiff of flax's GroupNorm and of every bias add is made of such reductions,
-# and they took about half the op time of the diffusion train step. On CPU, `GroupNorm` below has a hand-written
-# backward pass whose sums over positions are batched matmuls, and `Conv` sums its bias gradient the same way (and
-# adds the time embedding with the bias, so the ResBlock's embedding gradient costs no second pass). The train step
-# got ~1.25-1.35x faster (benchmarks/README.md). Both modules hold the same parameters under the same names as
+# matmul with a vector of ones (benchmarks/README.md has the timings). Autodiff of flax's GroupNorm and of every bias
+# add is made of such reductions, and they took a large share of the diffusion train step's op time. On CPU, `GroupNorm`
+# below has a hand-written backward pass whose sums over positions are batched matmuls, and `Conv` sums its bias
+# gradient the same way (and adds the time embedding with the bias, so the ResBlock's embedding gradient costs no second
+# pass). The train step got faster (benchmarks/README.md). Both modules hold the same parameters under the same names as
 # flax's (checkpoints load unchanged) and compute the same values to float32 rounding; other backends keep flax's
 # formulation.
 

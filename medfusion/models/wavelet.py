@@ -8,6 +8,7 @@ pixel-space arrays, and training, the error kernel and sampling need no change. 
 number of elements), so the mean-square errors of eps, x or v are the same in either space; L1 errors are not.
 """
 
+import einops
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -19,19 +20,15 @@ def _butterfly(a, b, c, d):
 
 def haar(x):
   """One-level Haar transform: [B, H, W, C] -> [B, H/2, W/2, 4C], sub-bands LL, LH, HL, HH along channels."""
-  b, h, w, c = x.shape
-  blocks = x.reshape(b, h // 2, 2, w // 2, 2, c)
-  corners = (blocks[:, :, 0, :, 0], blocks[:, :, 0, :, 1], blocks[:, :, 1, :, 0], blocks[:, :, 1, :, 1])
+  # The four pixels of each 2x2 block, top-left, top-right, bottom-left, bottom-right.
+  corners = einops.rearrange(x, "b (h i) (w j) c -> (i j) b h w c", i=2, j=2)
   return jnp.concatenate(_butterfly(*corners), axis=-1)
 
 
 def inverse_haar(y):
   """The exact inverse of `haar`: [B, H/2, W/2, 4C] -> [B, H, W, C]."""
-  b, h, w, c4 = y.shape
-  top_left, top_right, bottom_left, bottom_right = _butterfly(*jnp.split(y, 4, axis=-1))
-  top = jnp.stack([top_left, top_right], axis=3)  # [B, H/2, W/2, 2, C]
-  bottom = jnp.stack([bottom_left, bottom_right], axis=3)
-  return jnp.stack([top, bottom], axis=2).reshape(b, 2 * h, 2 * w, c4 // 4)
+  corners = jnp.stack(_butterfly(*jnp.split(y, 4, axis=-1)))  # [4, B, H/2, W/2, C]: TL, TR, BL, BR
+  return einops.rearrange(corners, "(i j) b h w c -> b (h i) (w j) c", i=2, j=2)
 
 
 class WaveletDenoiser(nn.Module):
