@@ -136,3 +136,71 @@ def test_protocol_keeps_28px_images_close_and_checks_arguments():
     C.Corruption("dermamnist", "pixelate", 6)
   with pytest.raises(ValueError, match="expected a uint8 image"):
     C.corrupt(image.astype(np.float32), C.Corruption("pneumoniamnist", "pixelate", 1), 0, 0)
+
+
+# --- corruptions and other augmentations in the training pipeline (config.data.augment) ------------------------------
+
+
+def _split(channels: int = 1, n: int = 12):
+  from medfusion.data import pipeline
+
+  images = np.stack([_texture(32, channels, seed) for seed in range(n)])
+  return pipeline.Split(images, np.arange(n, dtype=np.int32) % 2, None)
+
+
+def _batches(split, augment, seed=0, start=0, steps=3, process_index=0, process_count=1):
+  from medfusion.data import pipeline
+
+  stream = pipeline.train_batches(split, 8, seed, start, process_index, process_count, augment)
+  return [next(stream)["image"] for _ in range(steps)]
+
+
+def test_augment_spec_parses_and_names_bad_terms():
+  from medfusion.data import pipeline
+  from medfusion.errors import ConfigError
+
+  spec = pipeline.parse_augment("flips+affine+intensity+corrupt:noise,blur")
+  assert (spec.flips, spec.affine, spec.intensity, spec.corrupt) == ("flips", True, True, ("noise", "blur"))
+  assert pipeline.parse_augment("corrupt").corrupt == tuple(C.FAMILIES) and not pipeline.parse_augment("none").extras
+  for bad, match in (
+    ("flips+rotate", "bad term 'rotate'"),
+    ("flips+flips_rot90", "at most one"),
+    ("corrupt:weather", "unknown corruption families"),
+    ("affine:noise", "bad term"),
+  ):
+    with pytest.raises(ConfigError, match=match):
+      pipeline.parse_augment(bad)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmented_batches_are_a_function_of_seed_and_position(channels):
+  split, augment = _split(channels), "flips+affine+intensity+corrupt:noise,color,digital"
+  reference = _batches(split, augment)
+  for a, b in zip(reference, _batches(split, augment), strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(_batches(split, augment, start=2, steps=1)[0], reference[2])  # resumed
+  halves = [_batches(split, augment, process_index=p, process_count=2, steps=1)[0] for p in (0, 1)]
+  np.testing.assert_array_equal(np.concatenate(halves), reference[0])  # split over two processes
+  assert not np.array_equal(_batches(split, augment, seed=1, steps=1)[0], reference[0])
+  plain = _batches(split, "flips")
+  assert all(a.shape == b.shape and a.dtype == b.dtype for a, b in zip(reference, plain, strict=True))
+  assert all(-1 <= a.min() and a.max() <= 1 for a in reference)
+  changed = np.mean([np.abs(a - b).mean(axis=(1, 2, 3)) > 0 for a, b in zip(reference, plain, strict=True)])
+  assert changed > 0.9  # affine and intensity move every image
+
+
+def test_each_augmentation_term_does_what_it_says():
+  from medfusion.data import pipeline
+
+  split = _split()
+  images, positions = split.images[:8], np.arange(8)
+  affine = pipeline.apply_extra_augmentation(images, positions, 0, pipeline.Augment(affine=True))
+  assert affine.dtype == np.uint8 and not np.array_equal(affine, images)
+  assert (affine[:, 16, 16].astype(int) - images[:, 16, 16]).std() < 40  # small moves: the centre stays similar
+  intensity = pipeline.apply_extra_augmentation(images, positions, 0, pipeline.Augment(intensity=True))
+  ratio = intensity.reshape(8, -1).mean(1) / images.reshape(8, -1).mean(1)
+  assert np.all(np.abs(ratio - 1) <= 0.11) and not np.allclose(ratio, 1)
+  many = np.repeat(images[:1], 200, axis=0)
+  corrupted = pipeline.apply_extra_augmentation(many, np.arange(200), 0, pipeline.Augment(corrupt=("color",)))
+  share = np.mean(np.any(corrupted != many, axis=(1, 2, 3)))
+  assert 0.35 < share < 0.65  # about half the images get a corruption

@@ -5,12 +5,14 @@ which makes training order a pure function of (seed, step): batch s holds exampl
 endless stream in which epoch e is a fixed permutation of the split. Resuming at step s, splitting a
 batch over processes or changing how many steps run at a time therefore never changes the data seen.
 
-Batching is numpy; TensorFlow (tfds sources, resizing) is imported only where such a split is loaded, so a
-machine without it can work on splits written elsewhere by medfusion.prepare (source 'arrays').
+Batching is numpy; TensorFlow (tfds sources, resizing) is imported only where such a split is built or read the
+first time (its arrays are then kept beside the build), so a machine without it can work on splits written
+elsewhere by medfusion.prepare (source 'arrays').
 """
 
 import collections
 import dataclasses
+import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from medfusion.data import image_folder
 from medfusion.data.errors import DataError
 from medfusion.errors import ConfigError
+from medfusion.writers import write_npz_atomic
 
 _RESIZE_CHUNK = 1024  # images resized per call, bounding the float32 copy
 SOURCES = ("npz", "synthetic_lesions", "image_folder", "arrays", "chexpert", "isic")
@@ -27,6 +30,16 @@ ON_BAD_FILE = ("stop", "skip")
 # up-down, each with probability 1/2); flips_rot90 (also transposed with probability 1/2: a uniform draw from the
 # 8 flips and 90-degree rotations of the square, right for dermoscopy where orientation carries no meaning).
 AUGMENTATIONS = ("none", "flips", "flips_rot90")
+# Further terms, joined to one of those (or alone) with '+', e.g. 'flips+affine+intensity+corrupt:noise,blur':
+# affine (every image rotated by up to 10 degrees, scaled by 0.9-1.1 and shifted by up to 2 pixels, bilinear, zero
+# fill), intensity (every image's contrast about its mean and then its brightness each times 0.9-1.1) and corrupt
+# (half the images get one MedMNIST-C corruption at a severity drawn from 1..5, from the families after the colon,
+# default all: corruptions.FAMILIES; the dataset's set by channels: greyscale PneumoniaMNIST's, RGB DermaMNIST's;
+# applied to the model-resolution image under corruptions.PROTOCOL, up to 224 and back).
+AUGMENT_TERMS = ("affine", "intensity", "corrupt")
+AFFINE_DEGREES, AFFINE_SCALE, AFFINE_SHIFT = 10.0, 0.1, 2.0
+INTENSITY_JITTER = 0.1
+CORRUPT_PROBABILITY = 0.5
 # CheXpert's findings other than No Finding: the choices of config.data.chexpert.finding.
 CHEXPERT_FINDINGS = (
   "Enlarged Cardiomediastinum",
@@ -49,10 +62,11 @@ ISIC_LAYOUTS = ("2020", "2019")
 
 def check_data_config(data_config) -> None:
   """Raises ConfigError for the first invalid field of config.data."""
-  fields = (("source", SOURCES), ("fit", FITS), ("on_bad_file", ON_BAD_FILE), ("augment", AUGMENTATIONS))
+  fields = (("source", SOURCES), ("fit", FITS), ("on_bad_file", ON_BAD_FILE))
   for field, choices in fields:
     if data_config[field] not in choices:
       raise ConfigError(f"config.data.{field}={data_config[field]!r} is not one of {choices}")
+  parse_augment(data_config.augment)
   for field in ("num_classes", "num_channels", "image_size"):
     if not data_config[field] > 0:
       raise ConfigError(f"config.data.{field}={data_config[field]!r} must be positive")
@@ -131,8 +145,20 @@ def _fit(images: np.ndarray, size: int, fit: str, what: str, nearest: bool = Fal
   return np.clip(np.round(np.concatenate(chunks)), 0, 255).astype(np.uint8)
 
 
+def fit_images(images: np.ndarray, data_config, what: str) -> np.ndarray:
+  """uint8 images [N, H, W, C] fitted to the model resolution as a split of `data_config` is (config.data.fit)."""
+  return _fit(images, data_config.image_size, data_config.fit, what)
+
+
 def _load_tfds(builder, split: str, what: str, hint: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-  """Builds the dataset if needed and reads one split into memory, in file order; `what` names the data in errors."""
+  """Builds the dataset if needed and reads one split into memory, in file order; `what` names the data in errors.
+
+  The first read also keeps the split's arrays beside the build (`<split>.arrays.npz` in the builder's versioned,
+  content-named folder), which later reads load without starting TensorFlow (seconds of every command)."""
+  kept = os.path.join(builder.data_dir, f"{split}.arrays.npz")
+  if os.path.exists(kept):
+    with np.load(kept) as arrays:
+      return arrays["image"], arrays["label"], arrays["mask"] if "mask" in arrays.files else None
   _tensorflow()
   import tensorflow_datasets as tfds
 
@@ -141,8 +167,14 @@ def _load_tfds(builder, split: str, what: str, hint: str = "") -> tuple[np.ndarr
     raise DataError(f"{what}: no split '{split}' (it has {', '.join(sorted(builder.info.splits))}){hint}")
   arrays = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   order = np.argsort(arrays["index"], kind="stable")
-  masks = arrays["mask"][order] if "mask" in arrays else None
-  return arrays["image"][order], arrays["label"][order].astype(np.int32), masks
+  loaded = {"image": arrays["image"][order], "label": arrays["label"][order].astype(np.int32)}
+  if "mask" in arrays:
+    loaded["mask"] = arrays["mask"][order]
+  try:
+    write_npz_atomic(kept, **loaded)
+  except OSError:  # a read-only dataset folder: read through TensorFlow every time
+    pass
+  return loaded["image"], loaded["label"], loaded.get("mask")
 
 
 def _load_folder(data_config, split: str) -> Split:
@@ -253,14 +285,54 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng((seed, epoch)).permutation(num_examples)
 
 
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """config.data.augment parsed: the flips term and the further terms (`AUGMENT_TERMS`)."""
+
+  flips: str = "none"
+  affine: bool = False
+  intensity: bool = False
+  corrupt: tuple[str, ...] = ()  # MedMNIST-C families; empty: no corruptions
+
+  @property
+  def extras(self) -> bool:
+    return self.affine or self.intensity or bool(self.corrupt)
+
+
+def parse_augment(augment: str) -> Augment:
+  """config.data.augment ('none', 'flips', 'flips_rot90', optionally '+'-joined with 'affine', 'intensity',
+  'corrupt[:family,family]') as an Augment; ConfigError naming the bad term."""
+  from medfusion.data import corruptions
+
+  where = f"config.data.augment={augment!r}"
+  fields, flips = {}, []
+  for term in [t.strip() for t in str(augment).split("+")]:
+    name, _, families = term.partition(":")
+    if name in AUGMENTATIONS:
+      flips.append(name)
+    elif name in AUGMENT_TERMS and name not in fields and (name == "corrupt" or not families):
+      chosen = tuple(f.strip() for f in families.split(",") if f.strip()) or tuple(corruptions.FAMILIES)
+      unknown = [f for f in chosen if f not in corruptions.FAMILIES]
+      if name == "corrupt" and unknown:
+        raise ConfigError(f"{where}: unknown corruption families {unknown}; choose from {tuple(corruptions.FAMILIES)}")
+      fields[name] = chosen if name == "corrupt" else True
+    else:
+      raise ConfigError(
+        f"{where}: bad term {term!r}; expected one of {AUGMENTATIONS} and/or {AUGMENT_TERMS} joined with '+' "
+        "(each once; 'corrupt:noise,blur' picks families)"
+      )
+  if len(flips) > 1:
+    raise ConfigError(f"{where}: give at most one of {AUGMENTATIONS}")
+  return Augment(flips[0] if flips else "none", **fields)
+
+
 def augmentation_draws(num_examples: int, seed: int, epoch: int, augment: str) -> np.ndarray:
-  """Per position of epoch `epoch`, which of the `augment` transforms it gets (see `apply_augmentation`): a pure
+  """Per position of epoch `epoch`, which of the `augment` flips it gets (see `apply_augmentation`): a pure
   function of (seed, epoch), like `epoch_order`, so a resumed run augments exactly as an uninterrupted one."""
-  if augment not in AUGMENTATIONS:
-    raise ValueError(f"config.data.augment={augment!r} is not one of {AUGMENTATIONS}")
-  if augment == "none":
+  flips = parse_augment(augment).flips
+  if flips == "none":
     return np.zeros(num_examples, np.int64)
-  return np.random.default_rng((seed, epoch, 1)).integers(0, 4 if augment == "flips" else 8, num_examples)
+  return np.random.default_rng((seed, epoch, 1)).integers(0, 4 if flips == "flips" else 8, num_examples)
 
 
 def apply_augmentation(images: np.ndarray, draws: np.ndarray) -> np.ndarray:
@@ -279,6 +351,56 @@ def apply_augmentation(images: np.ndarray, draws: np.ndarray) -> np.ndarray:
   return out
 
 
+def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """A random small rotation, scaling and shift about the centre (bilinear, zero fill) of one uint8 [S, S, C]."""
+  import scipy.ndimage
+
+  angle = np.deg2rad(rng.uniform(-AFFINE_DEGREES, AFFINE_DEGREES))
+  scale = rng.uniform(1 - AFFINE_SCALE, 1 + AFFINE_SCALE)
+  shift = rng.uniform(-AFFINE_SHIFT, AFFINE_SHIFT, 2)
+  inverse = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]]) / scale
+  centre = (np.array(image.shape[:2]) - 1) / 2
+  offset = centre - inverse @ (centre + shift)
+  out = np.stack(
+    [
+      scipy.ndimage.affine_transform(image[..., c].astype(np.float32), inverse, offset, order=1, cval=0.0)
+      for c in range(image.shape[2])
+    ],
+    axis=-1,
+  )
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Contrast about the image's mean, then brightness, each scaled by a factor in 1 +- INTENSITY_JITTER."""
+  contrast, brightness = rng.uniform(1 - INTENSITY_JITTER, 1 + INTENSITY_JITTER, 2)
+  x = image.astype(np.float32)
+  x = (x.mean() + contrast * (x - x.mean())) * brightness
+  return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def apply_extra_augmentation(images: np.ndarray, positions: np.ndarray, seed: int, augment: Augment) -> np.ndarray:
+  """The affine, intensity and corruption terms of `augment` on uint8 images [N, S, S, C], image i drawn from
+  (seed, positions[i]): its position in the endless training stream, so a resumed or resharded run draws the same."""
+  from medfusion.data import corruptions
+
+  dataset = "pneumoniamnist" if images.shape[-1] == 1 else "dermamnist"
+  names = [
+    c for family in augment.corrupt for c in corruptions.FAMILIES[family] if c in corruptions.PARAMETERS[dataset]
+  ]
+  out = images.copy()
+  for i, position in enumerate(positions):
+    rng = np.random.default_rng((seed, int(position), 2))
+    if augment.affine:
+      out[i] = _affine(out[i], rng)
+    if augment.intensity:
+      out[i] = _intensity(out[i], rng)
+    if names and rng.uniform() < CORRUPT_PROBABILITY:
+      corruption = corruptions.Corruption(dataset, names[rng.integers(len(names))], int(rng.integers(1, 6)))
+      out[i] = corruptions.corrupt(out[i], corruption, seed, int(position))
+  return out
+
+
 def train_batches(
   split: Split,
   global_batch_size: int,
@@ -292,19 +414,26 @@ def train_batches(
 
   Global batch s holds stream positions i = s*B + j (j < B); position i is example
   epoch_order(N, seed, i // N)[i % N], a fresh permutation per epoch, transformed by
-  augmentation_draws(N, seed, i // N, augment)[i % N]. Yields
+  augmentation_draws(N, seed, i // N, augment)[i % N] and then by the further terms drawn from (seed, i)
+  (`apply_extra_augmentation`). Yields
   {"image": float32 [B/P, S, S, C] in [-1, 1], "label": int32 [B/P]}.
   """
   if global_batch_size % process_count:
     raise ValueError(f"global batch size {global_batch_size} is not divisible by {process_count} processes")
   num_examples, local_batch_size = len(split.labels), global_batch_size // process_count
   augmentation_draws(0, seed, 0, augment)  # a bad name fails here, not at the first batch
+  parsed = parse_augment(augment)
+  if parsed.corrupt and split.images.shape[-1] not in (1, 3):
+    raise ConfigError(
+      f"config.data.augment={augment!r}: corruptions need 1 or 3 channels, not {split.images.shape[-1]}"
+    )
   return _train_batches(
     split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples, augment
   )
 
 
 def _train_batches(split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples, augment):
+  parsed = parse_augment(augment)
   epochs_seen = {}  # epoch -> (permutation, augmentation draws), for the (at most two) epochs the batch spans
   for step in range(start_step, np.iinfo(np.int64).max):
     rows = step * global_batch_size + process_index * local_batch_size + np.arange(local_batch_size)
@@ -319,7 +448,11 @@ def _train_batches(split, global_batch_size, local_batch_size, seed, start_step,
     for epoch, (order, draws) in epochs_seen.items():
       indices[epochs == epoch] = order[positions[epochs == epoch]]
       transforms[epochs == epoch] = draws[positions[epochs == epoch]]
-    images = apply_augmentation(split.images[indices], transforms) if augment != "none" else split.images[indices]
+    images = split.images[indices]
+    if parsed.flips != "none":
+      images = apply_augmentation(images, transforms)
+    if parsed.extras:
+      images = apply_extra_augmentation(images, rows, seed, parsed)
     yield {"image": images.astype(np.float32) / 127.5 - 1.0, "label": split.labels[indices]}
 
 
