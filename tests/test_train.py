@@ -11,7 +11,7 @@ import train_losses_script
 from conftest import StartedPythons
 
 from medfusion import checkpoint, sharding
-from medfusion.training import diffusion_trainer
+from medfusion.training import diffusion_trainer, loop
 from medfusion.training import state as state_lib
 
 
@@ -54,6 +54,9 @@ def test_loss_goes_down(trained):
   assert {"val/vote_accuracy", "val/mean_accuracy", "val/vote_auc"} <= set().union(*rows)
   (best,) = os.listdir(os.path.join(workdir, "best"))
   assert auc[int(best)] == max(auc.values())
+  summary = loop.finished_summary(workdir, "val/mean_auc", "val", diffusion=True)  # what medfusion.train prints
+  assert f"best checkpoint: {workdir}/best/{best} (step {best}, val/mean_auc = {auc[int(best)]:.4g})" in summary
+  assert f"python -m medfusion.score --workdir={workdir} --split=val" in summary
   assert os.path.exists(os.path.join(workdir, "config.json"))
   assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir, "tensorboard")))
 
@@ -100,3 +103,17 @@ def test_checkpoints_are_also_time_based(tfds_dir, tmp_path):
   config = smoke_config(tfds_dir, 100, steps=3, checkpoint_every=100, checkpoint_minutes=1e-9, keep_checkpoints=5)
   diffusion_trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2", "3"]
+
+
+def test_classification_term_every_second_step_with_focused_timesteps(tfds_dir, tiny_arrays):
+  """The classification term (here every second step) is logged beside the denoising loss: a finite cross-entropy
+  near log(2) for an untrained two-class model on its steps, 0 on the others; half the timesteps in the range."""
+  del tiny_arrays
+  config = train_losses_script.tiny_config(tfds_dir)
+  config.train.steps = 3
+  config.diffusion.update(t_focus=0.5, class_loss_weight=0.5, class_loss_every=2)
+  config.classify.update(t_min=0.1, t_max=0.9)
+  rows = train_losses_script.step_metrics(config, 3)
+  assert [r["class_loss"] > 0 for r in rows] == [True, False, True]
+  assert all(np.isfinite(r["loss"]) and np.isfinite(r["class_loss"]) for r in rows)
+  assert abs(rows[0]["class_loss"] - np.log(2)) < 0.5

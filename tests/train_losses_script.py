@@ -30,6 +30,11 @@ def losses(tfds_dir: str, steps: int) -> list[float]:
   `steps`-step run of tiny_config compiles)."""
   config = tiny_config(tfds_dir)
   config.train.steps = steps
+  return [float(m["loss"]) for m in step_metrics(config, steps)]
+
+
+def step_metrics(config, steps: int) -> list[dict]:
+  """The metrics the train step returns at each of the first `steps` steps of `config`."""
   mesh = sharding.make_mesh()
   model, optimizer = state_lib.make_model(config), state_lib.make_optimizer(config.train)
   state = runtime.run_once(lambda: state_lib.init_state(config, model, optimizer), sharding.replicated(mesh))
@@ -38,7 +43,7 @@ def losses(tfds_dir: str, steps: int) -> list[float]:
   result = []
   for _ in range(steps):
     state, metrics = step_fn(state, sharding.to_global(mesh, next(batches)))
-    result.append(float(metrics["loss"]))
+    result.append({k: float(v) for k, v in metrics.items()})
   return result
 
 
