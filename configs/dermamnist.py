@@ -47,6 +47,9 @@ def get_config(arg: str = ""):
   config.classify.t_max = 0.9
   config.classify.num_draws = 16
   config.classify.prune_stages = ((8, 3), (8, 3))
+  # Timestep weighting of the mean error (medfusion/classify/weighting.py, docs/accuracy.md): off; the sweep's
+  # replay reports it (medfusion.sweep --config.classify.weighting=shared_offsets).
+  config.classify.weighting = "none"
   config = default.apply_args(config, args)
   if args.smoke:  # smoke's 8 draws: the same two-stage pruning, shrunk
     config.classify.prune_stages = ((4, 3), (4, 3))

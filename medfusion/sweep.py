@@ -22,6 +22,17 @@ cli.define_model_flags()
 flags.DEFINE_string(
   "errors", "", "An errors.npz of an earlier sweep: analyse its draws instead of evaluating new ones."
 )
+flags.DEFINE_integer(
+  "reorderings",
+  100,
+  "Replay the config's stopping rule on this many orders of each image's draws (0: skip).",
+  lower_bound=0,
+)
+flags.DEFINE_bool(
+  "store_weighting",
+  False,
+  "Fit config.classify.weighting on these draws and store it in the model folder (weighting.json).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -30,7 +41,14 @@ def main(argv):
   from medfusion.evaluation import draw_analysis
 
   result = draw_analysis.sweep_split(
-    config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples, errors_npz=FLAGS.errors
+    config,
+    FLAGS.workdir,
+    FLAGS.split,
+    FLAGS.output,
+    FLAGS.max_examples,
+    errors_npz=FLAGS.errors,
+    reorderings=FLAGS.reorderings,
+    store_weighting=FLAGS.store_weighting,
   )
   sweep = result["k_sweep"]
   print(
