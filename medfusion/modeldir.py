@@ -174,3 +174,33 @@ def temperature(config, workdir: str, step: int) -> tuple[float | None, str]:
   if stored is not None:
     return stored, f"fitted ({os.path.join(workdir, CALIBRATION_FILE)})"
   return None, "none stored"
+
+
+# --- Timestep weighting (medfusion/classify/weighting.py) -----------------------------------------------------------
+
+WEIGHTING_FILE = "weighting.json"
+
+
+def weighting_key(config, step: int) -> dict:
+  """What a fitted timestep weighting depends on: everything the temperature does, and its form."""
+  return calibration_key(config, step) | {"weighting": config.classify.get("weighting", "none")}
+
+
+def _read_weightings(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, WEIGHTING_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f).get("fits", [])
+
+
+def stored_weighting(workdir: str, key: dict) -> dict | None:
+  """The weighting (`TimestepWeighting.to_json()`) fitted with exactly these settings, if one was stored."""
+  return next((f["weighting"] for f in _read_weightings(workdir) if f["key"] == key), None)
+
+
+def store_weighting(workdir: str, key: dict, weighting: dict, fitted_on: str, n: int) -> None:
+  """Adds (or replaces) the weighting for `key` in `workdir/weighting.json`; `fitted_on` says which draws."""
+  fits = [f for f in _read_weightings(workdir) if f["key"] != key]
+  fits.append({"key": key, "weighting": weighting, "fitted_on": fitted_on, "n": int(n)})
+  write_json_atomic(os.path.join(workdir, WEIGHTING_FILE), {"fits": fits})
