@@ -147,6 +147,9 @@ def get_config(arg: str = ""):
   # would have voted otherwise
   config.classify.delta = 0.01
   config.classify.min_draws = 0  # no image stops before this many draws
+  # timestep weighting of the mean error, reported by medfusion.sweep (docs/accuracy.md): none | label_free |
+  # shared | shared_offsets | per_class | per_class_offsets
+  config.classify.weighting = "none"
   config.classify.prune_stages = ()  # ((draws, classes_kept), ...) staged class pruning
   # softmax(-mean error / T) for the probabilities. None: the T fitted on the eval split for this checkpoint and
   # these classify settings (medfusion.score fits and stores it); a number here always wins.
