@@ -77,8 +77,7 @@ def sizes(name: str) -> tuple[int, int]:
 
 def _prepare(spec: kernel.KernelSpec, images, indices, draw):
   """z_t, eps and log-SNR of one draw for a batch of images: the same draws the kernel uses."""
-  keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(indices)
-  t_all = jax.vmap(lambda k: draws.timesteps(k, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
+  keys, t_all = kernel.image_draws(spec, indices)
   t = jnp.take(t_all, draw, axis=1)
   eps = jax.vmap(lambda k: draws.noise(k, draw, images.shape[1:]))(keys)
   logsnr = spec.schedule.logsnr(t)

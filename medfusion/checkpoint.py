@@ -17,14 +17,14 @@ class CheckpointError(UserError):
   """A workdir without a usable checkpoint, or one that does not fit the config."""
 
 
-def _manager(directory: str, **options) -> ocp.CheckpointManager:
+def _manager(directory: str, state_handler=None, **options) -> ocp.CheckpointManager:
   # Barrier names of its own ('checkpoints_...', 'best_...'): the latest and the best manager save the same step at
   # once, and in a multi-process run two async saves under one name fail ("Barrier ... is already ongoing").
   multiprocessing = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=os.path.basename(directory))
   return ocp.CheckpointManager(
     directory,
     options=ocp.CheckpointManagerOptions(multiprocessing_options=multiprocessing, **options),
-    item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+    item_handlers={"state": state_handler or ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
   )
 
 
@@ -109,9 +109,9 @@ def _check_shapes(stored, abstract_state, where: str) -> None:
       )
 
 
-def restore_for_inference(workdir: str, abstract_state):
-  """(state, step, which) of `workdir/best`, else of the newest in `workdir/checkpoints`, for scoring and
-  explaining; `which` says which one was used and why ('best', 'latest: best/ is empty', ...)."""
+def _inference_checkpoint(workdir: str) -> tuple[str, int, str]:
+  """(directory, step, which) of `workdir/best`, else of the newest in `workdir/checkpoints`; `which` says which
+  one and why ('best', 'latest: best/ is empty', ...)."""
   reason = "no best/ folder"
   for sub in ("best", "checkpoints"):
     directory = os.path.join(os.path.abspath(workdir), sub)
@@ -119,13 +119,35 @@ def restore_for_inference(workdir: str, abstract_state):
       continue
     manager = _manager(directory, read_only=True)
     step = manager.latest_step()
-    if step is not None:
-      state, _ = restore(manager, step, abstract_state)
-      manager.close()
-      return state, step, "best" if sub == "best" else f"latest: {reason}"
     manager.close()
+    if step is not None:
+      return directory, step, "best" if sub == "best" else f"latest: {reason}"
     reason = "best/ is empty"
   raise CheckpointError(f"workdir {workdir} has no checkpoint (looked in best/ and checkpoints/)")
+
+
+def restore_for_inference(workdir: str, abstract_state):
+  """(state, step, which) of the whole train state in `workdir/best`, else in the newest of `workdir/checkpoints`."""
+  directory, step, which = _inference_checkpoint(workdir)
+  manager = _manager(directory, read_only=True)
+  state, _ = restore(manager, step, abstract_state)
+  manager.close()
+  return state, step, which
+
+
+def restore_parts(workdir: str, abstract_parts: dict):
+  """(parts, step, which): only the named top-level fields of the train state (e.g. {'ema_params': ...}) from
+  `workdir/best`, else the newest of `workdir/checkpoints`. The rest (the optimizer state) is never read, so reading
+  a model needs neither the optimizer nor its memory. A shape mismatch names the first parameter that differs."""
+  directory, step, which = _inference_checkpoint(workdir)
+  # Saved with StandardSave; the PyTree handler reads the same format and restores a subtree (partial_restore).
+  reader = _manager(directory, state_handler=ocp.PyTreeCheckpointHandler(), read_only=True)
+  _check_shapes(reader.item_metadata(step)["state"], abstract_parts, os.path.join(directory, str(step)))
+  restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_parts)
+  state = ocp.args.PyTreeRestore(item=abstract_parts, restore_args=restore_args, partial_restore=True)
+  restored = reader.restore(step, args=ocp.args.Composite(state=state))
+  reader.close()
+  return dict(restored["state"]), step, which
 
 
 EXPORT_DIR = "params"

@@ -21,7 +21,7 @@ def check(config) -> None:
   pipeline.check_data_config(config.data)
   loop.check_train_config(config.train)
   evaluators.check(config)
-  if evaluators.model_kind(config) == "resnet":
+  if models.model_kind(config) == "resnet":
     resnet_trainer.check_baseline(config)
     return
   if not 0.0 <= config.train.ema_decay < 1.0:

@@ -1,4 +1,5 @@
-r"""Exports a workdir's best EMA parameters (no optimizer state), calibration and config as a shippable model.
+r"""Exports a workdir's best model (EMA parameters; a ResNet's parameters and BatchNorm statistics; never optimizer
+state), calibration and config as a shippable model.
 
   python -m medfusion.export --workdir=runs/pneumonia --output=pretrained/pneumoniamnist
 

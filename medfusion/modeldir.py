@@ -1,11 +1,13 @@
-"""A trained diffusion model on disk: a training workdir or an exported model folder.
+"""A trained model on disk (the diffusion model or the ResNet baseline): a training workdir or an exported folder.
 
 Loading verifies what it loads (the exported files against their checksum manifest, every parameter finite);
 export writes a folder that loads the same way; the temperature for calibrated probabilities is stored beside
 the parameters, keyed by everything that changes the scale of the errors it was fitted on.
 
-An exported model folder holds `params/` (EMA parameters only, Orbax), `manifest.json` (SHA-256 of every file
+An exported model folder holds `params/` (Orbax: a diffusion model's EMA parameters; a ResNet's parameters and
+BatchNorm statistics, {'params', 'batch_stats'}; never optimizer state), `manifest.json` (SHA-256 of every file
 under params/), `export.json` (checkpoint step, source), `config.json` and, once fitted, `calibration.json`.
+Reading a training workdir restores only those parts of its train state (`checkpoint.restore_parts`).
 """
 
 import dataclasses
@@ -17,9 +19,8 @@ import os
 import jax
 import numpy as np
 
-from medfusion import checkpoint, sharding
+from medfusion import checkpoint, models, sharding
 from medfusion.errors import UserError
-from medfusion.training import state as state_lib
 from medfusion.writers import write_json_atomic
 
 log = logging.getLogger("medfusion")
@@ -35,9 +36,9 @@ class ModelError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """EMA parameters and where they came from."""
+  """What a model applies, and where it came from."""
 
-  params: object
+  params: object  # a diffusion model's EMA parameters; a ResNet's {'params', 'batch_stats'}
   step: int
   which: str  # 'exported', 'best', or 'latest: <why best/ was not used>'
   path: str  # the folder the parameters were read from
@@ -51,28 +52,41 @@ def is_exported(workdir: str) -> bool:
   return os.path.isdir(os.path.join(workdir, checkpoint.EXPORT_DIR))
 
 
-def load_ema_params(config, workdir: str) -> LoadedModel:
-  """The EMA parameters of an exported model (`workdir/params`), else of the workdir's best checkpoint, else
-  its latest; the manifest (exported models) and finiteness are checked, and which checkpoint is logged."""
+def load(config, workdir: str) -> LoadedModel:
+  """The model of `config` in an exported folder (`workdir/params`), else the workdir's best checkpoint, else its
+  latest: a diffusion model's EMA parameters or a ResNet's variables. The manifest (exported models) and
+  finiteness are checked, and which checkpoint is logged."""
   if not os.path.isdir(workdir):
     raise UserError(f"--workdir {workdir} does not exist")
-  model = state_lib.make_model(config)
-  rep = sharding.replicated(sharding.make_mesh())
+  kind = models.model_kind(config)
+  model = models.make_model(config)
+  variables = sharding.abstract(lambda: models.init_variables(config, model), sharding.replicated(sharding.make_mesh()))
+  abstract = variables["params"] if kind == "diffusion" else variables
   if is_exported(workdir):
     path = os.path.join(os.path.abspath(workdir), checkpoint.EXPORT_DIR)
     _verify_manifest(workdir)
     with open(os.path.join(workdir, EXPORT_META)) as f:
       step = int(json.load(f)["checkpoint_step"])
-    abstract = sharding.abstract(lambda: state_lib.init_params(config, model), rep)
     loaded = LoadedModel(checkpoint.load_exported_params(workdir, abstract), step, "exported", path)
   else:
-    abstract = state_lib.abstract_state(config, model, state_lib.make_optimizer(config.train), rep)
-    state, step, which = checkpoint.restore_for_inference(workdir, abstract)
+    # The train state's fields that inference reads: the diffusion trainer's `ema_params`; the ResNet trainer's
+    # `params` and `batch_stats` (the same names as the variables).
+    parts, step, which = checkpoint.restore_parts(
+      workdir, {"ema_params": abstract} if kind == "diffusion" else abstract
+    )
+    params = parts["ema_params"] if kind == "diffusion" else parts
     sub = "best" if which == "best" else "checkpoints"
-    loaded = LoadedModel(state.ema_params, int(step), which, os.path.join(os.path.abspath(workdir), sub, str(step)))
+    loaded = LoadedModel(params, int(step), which, os.path.join(os.path.abspath(workdir), sub, str(step)))
   _check_finite(loaded)
   log.info("Using %s", loaded.description)
   return loaded
+
+
+def load_ema_params(config, workdir: str) -> LoadedModel:
+  """`load` of a diffusion model: its EMA parameters."""
+  if models.model_kind(config) != "diffusion":
+    raise UserError(f"{workdir} holds a {config.model.type} classifier, not a diffusion model")
+  return load(config, workdir)
 
 
 def _check_finite(loaded: LoadedModel) -> None:
@@ -115,8 +129,9 @@ def _verify_manifest(workdir: str) -> None:
 
 
 def export(config, workdir: str, output: str) -> int:
-  """Copies the workdir's best EMA parameters, calibration and config into `output` (a shippable model)."""
-  loaded = load_ema_params(config, workdir)
+  """Copies the workdir's best model (EMA parameters; a ResNet's parameters and BatchNorm statistics), calibration
+  and config into `output` (a shippable model)."""
+  loaded = load(config, workdir)
   os.makedirs(output, exist_ok=True)
   checkpoint.export_params(loaded.params, output)
   write_manifest(output)
@@ -133,7 +148,10 @@ def export(config, workdir: str, output: str) -> int:
 
 
 def calibration_key(config, step: int) -> dict:
-  """What a fitted temperature depends on: the checkpoint and every setting that changes the error scale."""
+  """What a fitted temperature depends on: the checkpoint and every setting that changes the error scale (a ResNet:
+  the checkpoint alone)."""
+  if models.model_kind(config) == "resnet":
+    return {"checkpoint_step": int(step)}
   c = config.classify
   return {
     "checkpoint_step": int(step),
@@ -168,7 +186,7 @@ def store_temperature(workdir: str, key: dict, temperature: float, split: str, n
 def temperature(config, workdir: str, step: int) -> tuple[float | None, str]:
   """(T, where it came from) for scoring: an explicit `config.classify.temperature` always wins; else the fit
   stored for this checkpoint and these settings; else None (the caller fits it on the eval split or falls back)."""
-  if config.classify.temperature is not None:
+  if models.model_kind(config) == "diffusion" and config.classify.temperature is not None:
     return float(config.classify.temperature), "config.classify.temperature"
   stored = stored_temperature(workdir, calibration_key(config, step))
   if stored is not None:

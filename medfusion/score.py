@@ -1,4 +1,4 @@
-r"""Scores a split with a trained diffusion classifier.
+r"""Scores a split with a trained diffusion classifier (or a ResNet baseline: a workdir of configs/*_resnet.py).
 
   python -m medfusion.score --workdir=pretrained/pneumoniamnist --split=val --output=OUT
 
@@ -23,8 +23,9 @@ def main(argv):
   from medfusion.evaluation import split_scoring
 
   result = split_scoring.score_split(config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)
-  summary = {k: {m: round(result[k][m], 4) for m in ("accuracy", "auc", "ece")} for k in ("vote", "mean")}
-  print(json.dumps({"n": result["n"], "nfe_per_image": result["nfe_per_image"], **summary}))
+  rows = [k for k in ("vote", "mean", "softmax") if k in result]  # a ResNet has one row, softmax
+  summary = {k: {m: round(result[k][m], 4) for m in ("accuracy", "auc", "ece")} for k in rows}
+  print(json.dumps({k: result[k] for k in ("n", "nfe_per_image") if k in result} | summary))
 
 
 if __name__ == "__main__":

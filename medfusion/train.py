@@ -21,10 +21,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   config = cli.start(argv, distributed=FLAGS.distributed)
-  from medfusion.evaluation import evaluators
+  from medfusion import models
   from medfusion.training import diffusion_trainer, resnet_trainer
 
-  trainer = diffusion_trainer if evaluators.model_kind(config) == "diffusion" else resnet_trainer
+  trainer = diffusion_trainer if models.model_kind(config) == "diffusion" else resnet_trainer
   trainer.train_and_evaluate(config, FLAGS.workdir)
 
 

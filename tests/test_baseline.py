@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import os
 import shutil
 
 import jax
@@ -12,8 +13,9 @@ import optax
 import pytest
 
 from configs import pneumoniamnist_resnet
-from medfusion import configcheck
-from medfusion.evaluation import evaluators
+from medfusion import checkpoint, configcheck, modeldir, sharding
+from medfusion.data import pipeline
+from medfusion.evaluation import evaluators, predictors, split_scoring
 from medfusion.models.resnet import ResNet, ResNetConfig
 from medfusion.training import resnet_trainer
 
@@ -90,6 +92,7 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   stored = np.load(workdir / "predictions_val.npz")
   np.testing.assert_array_equal(stored["labels"], labels)
   np.testing.assert_allclose(stored["probs"], probs, rtol=1e-6)
+  _check_reading_scoring_and_export(config, workdir, result, tmp_path)
 
   # A run killed after step 9 left checkpoint 5 as its newest: a relaunch continues from it on the same data.
   first = {r["step"]: r["loss"] for r in _records(workdir) if "loss" in r}
@@ -100,3 +103,41 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   resumed = [(r["step"], r["loss"]) for r in _records(workdir) if "loss" in r]
   assert [step for step, _ in resumed] == [2, 4, 6, 8, 10]
   np.testing.assert_allclose([loss for _, loss in resumed[2:]], [first[6], first[8], first[10]], rtol=1e-5)
+
+
+def _check_reading_scoring_and_export(config, workdir, val_metrics: dict, tmp_path):
+  """A ResNet workdir is read without its optimizer state (the same variables as the whole train state's), scored
+  by medfusion.score's path into the same files as a diffusion model (only the softmax row; calibration stored
+  like the diffusion model's), scored in memory alike, and exported without optimizer state."""
+  loaded = modeldir.load(config, str(workdir))
+  model, optimizer = ResNet(ResNetConfig.from_config(config)), resnet_trainer.make_optimizer(config)
+  abstract = resnet_trainer.abstract_state(config, model, optimizer, sharding.replicated(sharding.make_mesh()))
+  state, step, _ = checkpoint.restore_for_inference(str(workdir), abstract)
+  assert loaded.step == int(step) and set(loaded.params) == {"params", "batch_stats"}
+  for a, b in zip(jax.tree.leaves(resnet_trainer.variables(state)), jax.tree.leaves(loaded.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  out = tmp_path / "scores"
+  result = split_scoring.score_split(config, str(workdir), "val", str(out))
+  assert set(result) >= {"n", "softmax", "temperature", "temperature_source", "checkpoint_step"}
+  assert "vote" not in result and "mean" not in result and "nfe_per_image" not in result
+  assert result["n"] == val_metrics["n"] and result["softmax"]["accuracy"] == val_metrics["accuracy"]
+  header = (out / "scores.csv").read_text().splitlines()[0].split(",")
+  assert header == ["index", "label", "prediction", "prob_normal", "prob_pneumonia", "entropy"]
+  assert sorted(os.listdir(out)) == ["metrics.json", "risk_coverage.png", "scores.csv"]
+  key = modeldir.calibration_key(config, loaded.step)
+  stored = modeldir.stored_temperature(str(workdir), key)
+  assert (stored == result["temperature"]) == (result["temperature_source"] == "fitted on val now")
+
+  split = pipeline.load_split(config.data, "val")
+  totals, in_memory = predictors.score_in_memory(config, loaded, split, result["temperature"])
+  assert in_memory["n"] == result["n"] and in_memory["softmax"]["accuracy"] == result["softmax"]["accuracy"]
+  np.testing.assert_allclose(in_memory["softmax"]["auc"], result["softmax"]["auc"], rtol=1e-6)
+  assert totals.probs.shape == (result["n"], 2)
+
+  exported = tmp_path / "exported"
+  assert modeldir.export(config, str(workdir), str(exported)) == loaded.step
+  assert "opt_state" not in os.listdir(exported / "params")
+  shipped = modeldir.load(config, str(exported))
+  for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(shipped.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

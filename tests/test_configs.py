@@ -11,10 +11,10 @@ import jax
 import pytest
 
 from configs import default
-from medfusion import configcheck
+from medfusion import configcheck, models
 from medfusion.data import pipeline
 from medfusion.errors import ConfigError
-from medfusion.evaluation import evaluators, split_scoring
+from medfusion.evaluation import split_scoring
 from medfusion.training import diffusion_trainer, resnet_trainer
 from medfusion.training import state as state_lib
 
@@ -56,7 +56,7 @@ def test_smoke_config_trains_and_scores_unmodified(name, tmp_path, tfds_dir, dow
   config = load(name, "smoke", downloads)
   config.data.tfds_data_dir = tfds_dir  # where tfds builds the data (and finds a download); the rest as shipped
   workdir = str(tmp_path / "run")
-  kind = evaluators.model_kind(config)
+  kind = models.model_kind(config)
   state = (diffusion_trainer if kind == "diffusion" else resnet_trainer).train_and_evaluate(config, workdir)
   assert int(state.step) == config.train.steps
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
@@ -113,3 +113,13 @@ def test_evaluator_entries_are_checked():
   config.evals.classify.type = "classification"  # a ResNet evaluator on a diffusion config
   with pytest.raises(ConfigError, match="evaluates a resnet model"):
     configcheck.check(config)
+
+
+def test_the_model_kind_is_read_from_model_type():
+  config = default.get_config()
+  assert models.model_kind(config) == "diffusion"
+  config.model.type = "resnet18"  # whatever other sections the config holds
+  assert models.model_kind(config) == "resnet"
+  config.model.type = "vgg"
+  with pytest.raises(ConfigError, match="config.model.type='vgg' is not one of"):
+    models.model_kind(config)

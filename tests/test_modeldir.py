@@ -12,7 +12,7 @@ import train_losses_script
 from conftest import ROOT, run_python
 
 from configs import pneumoniamnist
-from medfusion import checkpoint, modeldir, runtime
+from medfusion import checkpoint, modeldir, runtime, sharding
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.evaluation import split_scoring
 from medfusion.evaluation.report import Totals
@@ -110,6 +110,13 @@ def test_empty_best_folder_falls_back_to_the_latest_and_says_so(lesion_model, tm
     shutil.rmtree(copy / "best" / step)
   loaded = modeldir.load_ema_params(config, str(copy))
   assert loaded.which == "latest: best/ is empty" and loaded.path.endswith(f"checkpoints/{loaded.step}")
+  # Only the EMA parameters are read (no optimizer), and they are the whole train state's.
+  model, optimizer = state_lib.make_model(config), state_lib.make_optimizer(config.train)
+  abstract = state_lib.abstract_state(config, model, optimizer, sharding.replicated(sharding.make_mesh()))
+  state, step, _ = checkpoint.restore_for_inference(str(copy), abstract)
+  assert int(step) == loaded.step
+  for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(loaded.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_the_shipped_models_stored_config_loads_with_fields_added_since():

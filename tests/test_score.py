@@ -202,3 +202,19 @@ def test_early_stop_replay_matches_the_adaptive_classifier(scored):
   assert live.draws.mean() == replay["exact"]["mean_draws"][0] < 16  # some images stopped early
   vote = aggregate.vote_prediction(live.votes, live.mean_errors)
   assert np.mean(vote == split.labels[:64]) == replay["exact"]["accuracy"][0]
+
+
+def test_in_memory_scoring_matches_batch_scoring(scored):
+  """predictors.score_in_memory (e.g. corrupted copies of a split) runs the path medfusion.score runs."""
+  from medfusion.data import pipeline
+  from medfusion.evaluation import predictors
+
+  config, workdir, _, result = scored
+  split = pipeline.load_split(config.data, "val")
+  totals, in_memory = predictors.score_in_memory(
+    config, modeldir.load_ema_params(config, workdir), split, result["temperature"]
+  )
+  assert in_memory["n"] == result["n"] == len(totals.label)
+  for aggregator in ("vote", "mean"):
+    for metric in ("accuracy", "auc", "ece", "aurc"):
+      np.testing.assert_allclose(in_memory[aggregator][metric], result[aggregator][metric], rtol=1e-9)

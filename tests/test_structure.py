@@ -64,3 +64,35 @@ def test_no_module_uses_another_modules_private_names():
         if node.attr.startswith("_") and not node.attr.startswith("__"):
           offences.append(f"{name}: {node.value.id}.{node.attr}")
   assert not offences, offences
+
+
+# The layers of README's Layout, top to bottom; a module imports only from its own layer or the ones below it.
+LAYERS = (
+  ("train", "score", "sweep", "explain", "sample", "export", "prepare", "shift"),  # entry points
+  ("cli",),
+  ("explanations", "configcheck"),
+  ("training",),
+  ("evaluation",),
+  ("classify", "modeldir"),
+  ("models", "diffusion", "data", "checkpoint"),
+  ("metrics", "plots", "writers", "sharding", "runtime", "stored_config", "errors"),
+)
+
+
+def _layer(module: str) -> int:
+  top = module.split(".")[1]
+  (rank,) = [i for i, names in enumerate(LAYERS) if top in names]
+  return rank
+
+
+def test_nothing_imports_upward():
+  modules = _modules()
+  assert {name.split(".")[1] for name in modules if "." in name} <= {n for names in LAYERS for n in names}
+  upward = [
+    f"{name} imports {target}"
+    for name, tree in modules.items()
+    if "." in name
+    for target in _imports(tree, modules)[0]
+    if "." in target and _layer(target) < _layer(name)
+  ]
+  assert not upward, upward

@@ -9,6 +9,7 @@ each device scores its own images with no communication.
 import dataclasses
 import functools
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,6 +87,13 @@ class KernelSpec:
     )
 
 
+def image_draws(spec: KernelSpec, indices):
+  """(keys [N], t [N, K]) of the images `indices`: each image's key and the timesteps of its draws 0..K-1 (the
+  draws every user of the kernel's draws shares: the kernel, medfusion.sweep, the benchmarks' loop)."""
+  keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(indices)
+  return keys, jax.vmap(lambda k: draws.timesteps(k, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
+
+
 def _evaluations(spec: KernelSpec, images, indices, draw_ids, class_ids):
   """The noised images of B images x R draws and the flat, chunked list of (image, class, draw) evaluations.
 
@@ -94,13 +102,13 @@ def _evaluations(spec: KernelSpec, images, indices, draw_ids, class_ids):
   f = (b * C' + c) * R + r is image b, class c, draw r.
   """
   b, r, c = images.shape[0], draw_ids.shape[1], class_ids.shape[1]
-  keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(indices)
-  t_all = jax.vmap(lambda k: draws.timesteps(k, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
+  keys, t_all = image_draws(spec, indices)
   t = jnp.take_along_axis(t_all, draw_ids, axis=1)  # [B, R]
   eps = jax.vmap(lambda k, ds: jax.vmap(lambda d: draws.noise(k, d, images.shape[1:]))(ds))(keys, draw_ids)
   logsnr = spec.schedule.logsnr(t)  # [B, R]
   x = jnp.broadcast_to(images[:, None], eps.shape)  # [B, R, H, W, C]
-  z = schedules.diffuse(x.reshape(-1, *images.shape[1:]), eps.reshape(-1, *images.shape[1:]), logsnr.reshape(-1))
+  x, eps, logsnr = (einops.rearrange(a, "b r ... -> (b r) ...") for a in (x, eps, logsnr))  # one row per (image, draw)
+  z = schedules.diffuse(x, eps, logsnr)
 
   # Flat list of (image, class, draw) evaluations; each refers to its (image, draw) row of z.
   row = (jnp.arange(b)[:, None, None] * r + jnp.arange(r)[None, None, :]) + jnp.zeros((1, c, 1), jnp.int32)
@@ -108,14 +116,15 @@ def _evaluations(spec: KernelSpec, images, indices, draw_ids, class_ids):
   n = b * c * r
   chunk = min(spec.chunk_size, n)
   padded = -(-n // chunk) * chunk
-  row = jnp.pad(row.reshape(-1), (0, padded - n)).reshape(-1, chunk)
-  label = jnp.pad(label.reshape(-1), (0, padded - n)).reshape(-1, chunk)
-  return (z, x.reshape(z.shape), eps.reshape(z.shape), logsnr.reshape(-1)), row, label, n
+  row, label = (einops.rearrange(a, "b c r -> (b c r)") for a in (row, label))
+  row = jnp.pad(row, (0, padded - n)).reshape(-1, chunk)
+  label = jnp.pad(label, (0, padded - n)).reshape(-1, chunk)
+  return (z, x, eps, logsnr), row, label, n
 
 
 def local_errors(model: nn.Module, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
   """Errors of one device's images: images [B,H,W,C], indices [B], draw_ids [B,R], class_ids [B,C'] -> [B,C',R]."""
-  b, r, c = images.shape[0], draw_ids.shape[1], class_ids.shape[1]
+  b, c = images.shape[0], class_ids.shape[1]
   (z, flat_x, flat_eps, flat_logsnr), row, label, n = _evaluations(spec, images, indices, draw_ids, class_ids)
 
   def evaluate(args):
@@ -125,7 +134,7 @@ def local_errors(model: nn.Module, spec: KernelSpec, params, images, indices, dr
     return pair_error(spec.error, out, flat_x[rows], flat_eps[rows], zc, lc, spec.prediction)
 
   errors = jax.lax.map(evaluate, (row, label)).reshape(-1)[:n]
-  return errors.reshape(b, c, r)
+  return einops.rearrange(errors, "(b c r) -> b c r", b=b, c=c)
 
 
 def local_pixel_errors(model: nn.Module, spec: KernelSpec, params, images, indices, draw_ids, class_ids):
@@ -152,8 +161,8 @@ def local_pixel_errors(model: nn.Module, spec: KernelSpec, params, images, indic
 
   zeros = jnp.zeros((b * c, *images.shape[1:3]), jnp.float32)
   total, errors = jax.lax.scan(evaluate, zeros, (row, label, pair, flat))
-  errors = errors.reshape(-1)[:n].reshape(b, c, r)
-  return errors, (total / r).reshape(b, c, *images.shape[1:3])
+  errors = einops.rearrange(errors.reshape(-1)[:n], "(b c r) -> b c r", b=b, c=c)
+  return errors, einops.rearrange(total / r, "(b c) h w -> b c h w", b=b)
 
 
 @functools.lru_cache(maxsize=8)

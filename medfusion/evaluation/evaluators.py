@@ -2,8 +2,10 @@
 
 Every evaluator has `type`, `every` (steps between runs; it also runs at the last step), `prefix` (prepended to its
 metric names, e.g. 'val/') and `num_examples` (the first N images of `config.data.eval_split`, the same images
-every time, so runs are comparable). `run(variables)` returns {prefix + metric: value}; the trainer passes its
-model's variables (the diffusion trainer the EMA parameters, the ResNet trainer params and batch statistics).
+every time, so runs are comparable). As big_vision's, an evaluator is built with the trainer's `predict_fn`
+rather than rebuilding the model (the denoiser's `apply`; the ResNet's jitted predict step,
+evaluation/resnet_inference.py), and `run(variables)` returns {prefix + metric: value} for the variables the
+trainer passes (the diffusion trainer the EMA parameters, the ResNet trainer params and batch statistics).
 
 Types:
 - `denoising_loss` (`batch_size`): `loss`, the conditional denoising loss of the EMA model on fixed draws.
@@ -19,13 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from medfusion import metrics, sharding
+from medfusion import metrics, models, sharding
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
 from medfusion.evaluation import report, resnet_inference, split_runner
-from medfusion.models import make_denoiser
 
 COMMON_FIELDS = ("type", "every", "prefix", "num_examples")
 
@@ -37,16 +38,15 @@ class DenoisingLoss:
   needs = "diffusion"
   metric_names = ("loss",)
 
-  def __init__(self, config, settings, split: pipeline.Split, mesh):
+  def __init__(self, config, settings, split: pipeline.Split, mesh, predict_fn):
     self.config, self.settings, self.split, self.mesh = config, settings, split, mesh
     sharding.check_batch_size(settings.batch_size, f"config.evals.{settings.name}.batch_size")
-    model = make_denoiser(config)
     schedule = schedules.Schedule.from_config(config.diffusion, config.data.image_size)
     spec = losses.LossSpec.from_config(config)
 
     def eval_step(params, batch, key):
       def apply_fn(z, logsnr, labels):
-        return model.apply({"params": params}, z, logsnr, labels)
+        return predict_fn({"params": params}, z, logsnr, labels)
 
       _, per_example = losses.denoising_loss(
         apply_fn, batch["image"], batch["label"], key, schedule, spec, config.data.num_classes, train=False
@@ -72,7 +72,8 @@ class DiffusionClassifierEvaluator:
   """The diffusion classifier of medfusion.score on a fixed subset, at a small full budget of draws.
 
   Mean-row probabilities use the temperature fitted on the same subset (reported as `temperature`); binary AUC
-  does not depend on it.
+  does not depend on it. It runs the classifier medfusion.score runs, so training and scoring report the same
+  quantities.
   """
 
   fields = ("num_draws",)
@@ -80,7 +81,8 @@ class DiffusionClassifierEvaluator:
   reported = ("accuracy", "balanced_accuracy", "auc", "f1")
   metric_names = tuple(f"{agg}_{m}" for m in reported for agg in ("vote", "mean")) + ("temperature",)
 
-  def __init__(self, config, settings, split: pipeline.Split, mesh):
+  def __init__(self, config, settings, split: pipeline.Split, mesh, predict_fn=None):
+    del predict_fn  # unused: the classifier's kernel builds the denoiser of config.model, as medfusion.score's does
     self.settings, self.split, self.mesh = settings, split, mesh
     self.config = config.copy_and_resolve_references()
     self.config.classify.update(num_draws=settings.num_draws, adaptive="none", prune_stages=())
@@ -108,10 +110,11 @@ class ClassificationEvaluator:
   needs = "resnet"
   metric_names = (*metrics.CLASSIFICATION_METRICS, "loss")
 
-  def __init__(self, config, settings, split: pipeline.Split, mesh):
+  def __init__(self, config, settings, split: pipeline.Split, mesh, predict_fn):
+    del config
     self.settings, self.split, self.mesh = settings, split, mesh
     sharding.check_batch_size(settings.batch_size, f"config.evals.{settings.name}.batch_size")
-    self.step = resnet_inference.make_predict_step(config, mesh)
+    self.step = predict_fn
 
   def run(self, variables) -> dict:
     stop = min(self.settings.num_examples, len(self.split.labels))
@@ -157,14 +160,9 @@ class Settings:
     return cls(name, **{k: entry[k] for k in expected})
 
 
-def model_kind(config) -> str:
-  """'diffusion' for configs with a diffusion section, else 'resnet'."""
-  return "diffusion" if "diffusion" in config else "resnet"
-
-
 def check(config) -> list[Settings]:
   """The checked settings of every evaluator, and that the best metric is one of theirs."""
-  settings = [Settings.from_config(name, entry, model_kind(config)) for name, entry in config.evals.items()]
+  settings = [Settings.from_config(name, entry, models.model_kind(config)) for name, entry in config.evals.items()]
   logged = sorted(s.prefix + m for s in settings for m in TYPES[s.type].metric_names)
   if config.train.best_metric not in logged:
     raise ConfigError(f"config.train.best_metric={config.train.best_metric!r} is not one of {logged}")
@@ -173,11 +171,12 @@ def check(config) -> list[Settings]:
   return settings
 
 
-def build(config, split: pipeline.Split, mesh) -> list:
-  """The evaluators of config.evals, each with its `settings` attached."""
+def build(config, split: pipeline.Split, mesh, predict_fn) -> list:
+  """The evaluators of config.evals, each with its `settings` attached; `predict_fn` is the trainer's model (see
+  the module docstring)."""
   evaluators = []
   for settings in check(config):
-    evaluator = TYPES[settings.type](config, settings, split, mesh)
+    evaluator = TYPES[settings.type](config, settings, split, mesh, predict_fn)
     evaluator.settings = settings
     evaluators.append(evaluator)
   return evaluators

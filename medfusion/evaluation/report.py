@@ -1,7 +1,8 @@
-"""From the diffusion classifier's per-image totals to predictions, uncertainty scores and split metrics.
+"""From a classifier's per-image totals to predictions, uncertainty scores and split metrics.
 
 Pure functions of numpy arrays, shared by batch scoring (scores.csv, metrics.json) and the evaluator that runs
-during training, so both report exactly the same quantities.
+during training, so both report exactly the same quantities. The diffusion classifier's `Totals` give two rows
+(aggregators) of metrics, `vote` and `mean`; a ResNet's `SoftmaxTotals` one, `softmax`, with the same metrics.
 """
 
 import dataclasses
@@ -29,6 +30,10 @@ class Totals:
   @classmethod
   def from_tally(cls, tally: Tally, index, label) -> "Totals":
     return cls(np.asarray(index), np.asarray(label), tally.votes, tally.mean_errors, tally.draws, tally.nfe)
+
+  def logits(self) -> np.ndarray:
+    """What a temperature scales: minus the mean errors."""
+    return -self.mean_error
 
 
 def per_image(totals: Totals, temperature: float, prior=None) -> dict[str, np.ndarray]:
@@ -83,20 +88,26 @@ def split_metrics(totals: Totals, columns: dict[str, np.ndarray], class_names=No
     ("vote", columns["prediction"], totals.votes / totals.votes.sum(axis=1, keepdims=True), columns["vote_share"]),
     ("mean", columns["prediction_mean"], probs, probs.max(axis=1)),
   ):
-    m = metrics.classification_metrics(labels, p, preds, confidence=confidence)
-    correct = preds == labels
-    for cov in COVERAGES:
-      m[f"accuracy_at_{int(cov * 100)}_coverage"] = metrics.accuracy_at_coverage(correct, confidence, cov)
-    m["misclassification_auroc"] = metrics.misclassification_auroc(correct, confidence)
-    if class_names is not None and len(class_names) > 2:
-      m["classes"] = metrics.per_class_report(labels, p, preds, class_names)
-    if positive_class:
-      m["positive_class"] = {
-        "name": positive_class,
-        **metrics.one_vs_rest(labels, p, preds, list(class_names).index(positive_class)),
-      }
-    result[name] = m
+    result[name] = aggregator_metrics(labels, preds, p, confidence, class_names, positive_class)
   return result
+
+
+def aggregator_metrics(labels, preds, probs, confidence, class_names=None, positive_class: str = "") -> dict:
+  """One row of metrics.json: classification metrics of `probs` [N, C] and `preds`, accuracy at the coverages
+  and the misclassification AUROC of `confidence`, and per class / one-vs-rest where asked (see split_metrics)."""
+  m = metrics.classification_metrics(labels, probs, preds, confidence=confidence)
+  correct = preds == labels
+  for cov in COVERAGES:
+    m[f"accuracy_at_{int(cov * 100)}_coverage"] = metrics.accuracy_at_coverage(correct, confidence, cov)
+  m["misclassification_auroc"] = metrics.misclassification_auroc(correct, confidence)
+  if class_names is not None and len(class_names) > 2:
+    m["classes"] = metrics.per_class_report(labels, probs, preds, class_names)
+  if positive_class:
+    m["positive_class"] = {
+      "name": positive_class,
+      **metrics.one_vs_rest(labels, probs, preds, list(class_names).index(positive_class)),
+    }
+  return m
 
 
 def risk_coverage_curves(totals: Totals, columns: dict[str, np.ndarray]) -> dict:
@@ -105,3 +116,38 @@ def risk_coverage_curves(totals: Totals, columns: dict[str, np.ndarray]) -> dict
     "vote": metrics.risk_coverage(columns["prediction"] == totals.label, columns["vote_share"]),
     "mean": metrics.risk_coverage(columns["prediction_mean"] == totals.label, columns["prob"].max(axis=1)),
   }
+
+
+# --- A discriminative classifier (the ResNet): softmax probabilities ----------------------------------------------
+
+
+@dataclasses.dataclass
+class SoftmaxTotals:
+  """What is kept per image of a discriminative classifier: [N] or [N, C] arrays."""
+
+  index: np.ndarray
+  label: np.ndarray
+  probs: np.ndarray  # [N, C] softmax probabilities (T = 1)
+
+  def logits(self) -> np.ndarray:
+    """What a temperature scales: log p (the logits up to a per-image constant)."""
+    return np.log(np.clip(np.asarray(self.probs, np.float64), np.finfo(np.float64).tiny, None))
+
+
+def softmax_per_image(totals: SoftmaxTotals, temperature: float) -> dict[str, np.ndarray]:
+  """Prediction (the most probable class), probabilities softmax(log p / T) and their entropy (nats)."""
+  prob = metrics.softmax_with_temperature(totals.logits(), temperature)
+  return {"prediction": np.argmax(prob, axis=1), "prob": prob, "entropy": metrics.vote_entropy(prob)}
+
+
+def softmax_split_metrics(totals: SoftmaxTotals, columns: dict, class_names=None, positive_class: str = "") -> dict:
+  """metrics.json's body for a discriminative classifier: n and one row, `softmax`, with the top probability as
+  confidence (the same metrics as each of the diffusion classifier's rows)."""
+  prob = columns["prob"]
+  row = aggregator_metrics(totals.label, columns["prediction"], prob, prob.max(axis=1), class_names, positive_class)
+  return {"n": int(len(totals.label)), "softmax": row}
+
+
+def softmax_risk_coverage(totals: SoftmaxTotals, columns: dict) -> dict:
+  """The risk-coverage curve of the softmax row, top probability as confidence."""
+  return {"softmax": metrics.risk_coverage(columns["prediction"] == totals.label, columns["prob"].max(axis=1))}

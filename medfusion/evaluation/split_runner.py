@@ -4,13 +4,14 @@
 images with the same draws.
 """
 
+import dataclasses
 from collections.abc import Iterator
 
 import jax
 import numpy as np
 import tqdm
 
-from medfusion.classify import draws
+from medfusion.classify import kernel
 from medfusion.classify.classifier import DiffusionClassifier
 from medfusion.data import pipeline
 from medfusion.evaluation.report import Totals
@@ -34,18 +35,29 @@ def classify_split(
 ) -> Iterator[Totals]:
   """Totals of images [0, n) of `split` except the indices in `skip`, one block of up to `block` images at a
   time (a block is the unit a resumable run keeps)."""
+
+  def score(images, index, label, progress):
+    return Totals.from_tally(classifier.score(images, index, progress), index, label)
+
+  return run_blocks(score, split, n, block, skip, progress)
+
+
+def run_blocks(score, split: pipeline.Split, n: int, block: int, skip=(), progress=None):
+  """`score(images, index, label, progress)` of images [0, n) of `split` except the indices in `skip`, in order,
+  one block at a time (see classify_split); images are float32 in [-1, 1]. Any classifier (evaluation/predictors.py)
+  goes through a split this way."""
   skip = np.asarray(sorted(skip), dtype=np.int64)
   for batch in pipeline.eval_batches(split, block, 0, n):
     keep = batch["valid"] & ~np.isin(batch["index"], skip)
     if keep.any():
-      index, label = batch["index"][keep], batch["label"][keep]
-      yield Totals.from_tally(classifier.score(batch["image"][keep], index, progress), index, label)
+      yield score(batch["image"][keep], batch["index"][keep], batch["label"][keep], progress)
 
 
-def collect(blocks: Iterator[Totals]) -> Totals:
-  """One Totals of all blocks, in order."""
+def collect(blocks: Iterator):
+  """One totals (report.Totals or report.SoftmaxTotals) of all blocks, in order."""
   blocks = list(blocks)
-  return Totals(*(np.concatenate([getattr(b, f) for b in blocks]) for f in Totals.__dataclass_fields__))
+  kind = type(blocks[0])
+  return kind(**{f.name: np.concatenate([getattr(b, f.name) for b in blocks]) for f in dataclasses.fields(kind)})
 
 
 def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, progress=None):
@@ -54,7 +66,5 @@ def draw_errors(classifier: DiffusionClassifier, split: pipeline.Split, n: int, 
   for batch in pipeline.eval_batches(split, classifier.spec.batch_size, 0, n):
     rows = batch["valid"]
     errors.append(classifier.draw_errors(batch["image"][rows], batch["index"][rows], progress))
-  spec = classifier.kernel_spec
-  keys = jax.vmap(lambda i: draws.image_key(spec.seed, i))(np.arange(n))
-  t = jax.vmap(lambda key: draws.timesteps(key, spec.num_draws, spec.timesteps, spec.t_min, spec.t_max))(keys)
+  _, t = kernel.image_draws(classifier.kernel_spec, np.arange(n))
   return np.concatenate(errors), np.asarray(t)

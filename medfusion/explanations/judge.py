@@ -10,12 +10,11 @@ import os
 import jax
 import numpy as np
 
-from medfusion import sharding, stored_config
+from medfusion import modeldir, models, sharding, stored_config
 from medfusion.errors import UserError
-from medfusion.evaluation import evaluators, resnet_inference
+from medfusion.evaluation import resnet_inference
 from medfusion.explanations import maps
 from medfusion.models.resnet import ResNet, ResNetConfig
-from medfusion.training import resnet_trainer
 
 log = logging.getLogger("medfusion")
 
@@ -30,7 +29,7 @@ class Judge:
       config = stored_config.get_config(workdir)
     except ValueError as e:
       raise UserError(f"--judge: {e}") from None
-    if evaluators.model_kind(config) != "resnet":
+    if models.model_kind(config) != "resnet":
       raise UserError(
         f"--judge {workdir} holds a diffusion model; give the workdir of a ResNet trained with configs/*_resnet.py"
       )
@@ -40,8 +39,9 @@ class Judge:
       )
     self.mesh = mesh or sharding.make_mesh()
     self.model = ResNet(ResNetConfig.from_config(config))
-    state, step, which = resnet_trainer.restore_best(config, workdir, self.mesh)
-    self.variables = resnet_trainer.variables(state)
+    loaded = modeldir.load(config, workdir)  # parameters and batch statistics, no optimizer state
+    self.variables = loaded.params
+    step, which = loaded.step, loaded.which
     self.description = f"ResNet {workdir} (step {int(step)}, {which})"
     self.batch_size = next(e.batch_size for e in config.evals.values() if e.type == "classification")
     sharding.check_batch_size(self.batch_size, f"{workdir}: config.evals batch_size")

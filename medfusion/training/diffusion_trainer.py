@@ -61,6 +61,7 @@ def make_parts(config, mesh) -> loop.Parts:
     init_state=lambda: runtime.run_once(lambda: state_lib.init_state(config, model, optimizer), rep),
     train_step=make_train_step(config, model, optimizer, mesh),
     variables=lambda state: state.ema_params,
+    predict_fn=model.apply,
   )
 
 

@@ -75,6 +75,7 @@ class Parts:
   init_state: object  # () -> a fresh train state
   train_step: object  # jitted (state, batch) -> (state, metrics with a 'loss')
   variables: object  # state -> what the evaluators apply (the EMA parameters; params and batch statistics)
+  predict_fn: object  # what the evaluators call with those variables (the denoiser's apply; the ResNet predict step)
 
 
 def train_and_evaluate(config, workdir: str, make_parts) -> object:
@@ -87,7 +88,7 @@ def train_and_evaluate(config, workdir: str, make_parts) -> object:
     t = config.train
     ckpts = checkpoint.Checkpoints(workdir, t.keep_checkpoints, t.best_metric, t.best_mode)
     state = restore_or_init(ckpts, parts.abstract_state, parts.init_state, workdir, interrupts)
-    evaluators = evaluators_lib.build(config, eval_split, mesh)
+    evaluators = evaluators_lib.build(config, eval_split, mesh, parts.predict_fn)
     return train_loop(config, workdir, mesh, state, parts, evaluators, ckpts, train_split, interrupts)
   finally:
     interrupts.restore()

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from medfusion import checkpoint, runtime, sharding
+from medfusion import modeldir, models, runtime, sharding
 from medfusion.data import pipeline
 from medfusion.errors import ConfigError
 from medfusion.evaluation import evaluators, resnet_inference
@@ -93,8 +93,7 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def init_state(config, model: ResNet, optimizer: optax.GradientTransformation) -> BaselineState:
   """A fresh state from `config.seed`. Trace it under jit: eager is slow."""
-  size, channels = config.data.image_size, config.data.num_channels
-  variables = model.init(jax.random.key(config.seed), jnp.zeros((1, size, size, channels)))
+  variables = models.init_variables(config, model)
   params = variables["params"]
   return BaselineState(jnp.zeros((), jnp.int32), params, variables["batch_stats"], optimizer.init(params))
 
@@ -141,7 +140,7 @@ def make_train_step(config, model, optimizer, mesh):
 
 
 def make_parts(config, mesh) -> loop.Parts:
-  model = ResNet(ResNetConfig.from_config(config))
+  model = models.make_model(config)
   optimizer = make_optimizer(config)
   rep = sharding.replicated(mesh)
   return loop.Parts(
@@ -149,6 +148,7 @@ def make_parts(config, mesh) -> loop.Parts:
     init_state=lambda: runtime.run_once(lambda: init_state(config, model, optimizer), rep),
     train_step=make_train_step(config, model, optimizer, mesh),
     variables=variables,
+    predict_fn=resnet_inference.make_predict_step(config, mesh),
   )
 
 
@@ -173,42 +173,35 @@ def _write_best_metrics(config, workdir: str) -> None:
   """Scores the best checkpoint on the whole eval split and times its inference into metrics_val.json; the
   probabilities go to predictions_val.npz (labels, probs) for comparisons computed later."""
   mesh = sharding.make_mesh()
-  best, best_step, which = restore_best(config, workdir, mesh)
+  best = modeldir.load(config, workdir)
   eval_split = pipeline.load_split(config.data, config.data.eval_split)
   predict_step, batch_size = resnet_inference.make_predict_step(config, mesh), _batch_size(config)
   first = next(pipeline.eval_batches(eval_split, batch_size))
   images = sharding.shared_to_global(mesh, {"image": first["image"]})["image"]
-  jax.block_until_ready(predict_step(variables(best), images))
+  jax.block_until_ready(predict_step(best.params, images))
   start = time.perf_counter()
-  probs = resnet_inference.predict(predict_step, variables(best), eval_split, batch_size, mesh)
+  probs = resnet_inference.predict(predict_step, best.params, eval_split, batch_size, mesh)
   seconds_per_image = (time.perf_counter() - start) / len(probs)
   result = {
     **evaluators.classification_report(eval_split.labels, probs),
     "split": config.data.eval_split,
-    "step": int(best_step),
-    "checkpoint": which,
+    "step": best.step,
+    "checkpoint": best.which,
     "n": len(probs),
     "seconds_per_image": seconds_per_image,
   }
-  log.info("Best checkpoint (step %d) on %s: %s", best_step, config.data.eval_split, result)
+  log.info("Best checkpoint (step %d) on %s: %s", best.step, config.data.eval_split, result)
   if jax.process_index() == 0:
     write_json_atomic(os.path.join(workdir, "metrics_val.json"), result)
     write_npz_atomic(os.path.join(workdir, "predictions_val.npz"), labels=eval_split.labels, probs=probs)
-
-
-def restore_best(config, workdir: str, mesh):
-  """(state, step, which) of the workdir's best checkpoint (else its latest)."""
-  model = ResNet(ResNetConfig.from_config(config))
-  abstract = abstract_state(config, model, make_optimizer(config), sharding.replicated(mesh))
-  return checkpoint.restore_for_inference(workdir, abstract)
 
 
 def evaluate_split(config, workdir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """(labels [N], softmax probabilities [N, C]) of the best checkpoint in `workdir` on `split`."""
   mesh = sharding.make_mesh()
   batch_size = _batch_size(config)
-  state, _, _ = restore_best(config, workdir, mesh)
+  best = modeldir.load(config, workdir)
   data = pipeline.load_split(config.data, split)
   return data.labels, resnet_inference.predict(
-    resnet_inference.make_predict_step(config, mesh), variables(state), data, batch_size, mesh
+    resnet_inference.make_predict_step(config, mesh), best.params, data, batch_size, mesh
   )

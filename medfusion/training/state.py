@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from medfusion import sharding as sharding_lib
-from medfusion.models import make_denoiser
+from medfusion.models import init_params, make_denoiser
 from medfusion.training import optim
 
 
@@ -30,17 +30,6 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
 
 def make_model(config):
   return make_denoiser(config)
-
-
-def init_params(config, model):
-  """Fresh parameters from `config.seed`."""
-  size, channels = config.data.image_size, config.data.num_channels
-  return model.init(
-    jax.random.key(config.seed),
-    jnp.zeros((1, size, size, channels)),
-    jnp.zeros((1,)),
-    jnp.zeros((1,), jnp.int32),
-  )["params"]
 
 
 def init_state(config, model, optimizer: optax.GradientTransformation) -> TrainState:
