@@ -135,6 +135,10 @@ def get_config(arg: str = ""):
   config.classify = ml_collections.ConfigDict()
   config.classify.num_draws = 32  # K (timestep, noise) draws per image, shared by all classes
   config.classify.timesteps = "stratified"  # stratified | uniform
+  # none | flips_rot90: draw k also shows the image under one of the 8 flips and quarter turns of the square (each
+  # 8 consecutive draws all 8, in a per-image order; the same for every class), so the K draws average over them
+  # at no extra cost. For models trained with data.augment flips_rot90 (never for chest X-rays).
+  config.classify.symmetries = "none"
   config.classify.t_min = 0.0
   config.classify.t_max = 1.0
   config.classify.error = "eps_mse"  # eps_mse | x_mse | v_mse | eps_l1

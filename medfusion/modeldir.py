@@ -160,6 +160,7 @@ def calibration_key(config, step: int) -> dict:
     "t_max": float(c.t_max),
     "num_draws": int(c.num_draws),
     "timesteps": c.timesteps,
+    **({"symmetries": c.symmetries} if c.symmetries != "none" else {}),  # older fits keep their key
   }
 
 

@@ -26,7 +26,7 @@ ADDED_FIELDS = {
   "model": {"wavelet": False},
   "diffusion": {"t_focus": 0.0, "class_loss_weight": 0.0, "class_loss_temperature": 0.05, "class_loss_every": 1},
   "train": {"checkpoint_minutes": 10.0},
-  "classify": {"prior": "uniform", "positive_class": "", "min_draws": 0, "weighting": "none"},
+  "classify": {"prior": "uniform", "positive_class": "", "min_draws": 0, "weighting": "none", "symmetries": "none"},
   # Stored models predate explanations: every explain field takes its default (configs/default.py), read from there
   # so a field added to the defaults needs no copy here.
   "explain": default.get_config().explain.to_dict(),

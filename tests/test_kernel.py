@@ -36,13 +36,15 @@ def naive_errors(config, model, params, images, indices):
   for b, (image, index) in enumerate(zip(images, indices, strict=True)):
     key = draws.image_key(config.seed, int(index))
     ts = draws.timesteps(key, k, spec.timesteps, spec.t_min, spec.t_max)
+    views = draws.symmetries(key, k)
     for d in range(k):
+      x = draws.apply_symmetry(jnp.asarray(image), views[d]) if spec.symmetries == "flips_rot90" else image
       eps = draws.noise(key, d, image.shape)[None]
       logsnr = spec.schedule.logsnr(ts[d])[None]
-      z = schedules.diffuse(jnp.asarray(image)[None], eps, logsnr)
+      z = schedules.diffuse(jnp.asarray(x)[None], eps, logsnr)
       for cls in range(c):
         pred = apply({"params": params}, z, logsnr, jnp.array([cls]))
-        err = kernel.pair_error(spec.error, pred, image[None], eps, z, logsnr, spec.prediction)
+        err = kernel.pair_error(spec.error, pred, x[None], eps, z, logsnr, spec.prediction)
         out[b, cls, d] = float(err[0])
   return out
 
@@ -54,6 +56,22 @@ def test_kernel_equals_naive_loop(setup):
   k, c = config.classify.num_draws, config.data.num_classes
   errors = clf.errors(images, indices, np.broadcast_to(np.arange(k), (4, k)), np.broadcast_to(np.arange(c), (4, c)))
   np.testing.assert_allclose(errors, naive_errors(config, model, params, images, indices), rtol=2e-4, atol=1e-6)
+
+
+def test_symmetry_draws_equal_the_naive_loop_on_transformed_images(setup):
+  """With classify.symmetries, draw k of every class sees the same flipped/turned image (comparisons stay paired):
+  the kernel equals the loop that transforms the image first, and differs from the untransformed errors."""
+  config, model, params, images = setup
+  config = config.copy_and_resolve_references()
+  config.classify.symmetries = "flips_rot90"
+  indices = np.array([7, 0, 3, 11])
+  k, c = config.classify.num_draws, config.data.num_classes
+  draw_ids, class_ids = np.broadcast_to(np.arange(k), (4, k)), np.broadcast_to(np.arange(c), (4, c))
+  errors = classifier.DiffusionClassifier(config, params).errors(images, indices, draw_ids, class_ids)
+  np.testing.assert_allclose(errors, naive_errors(config, model, params, images, indices), rtol=2e-4, atol=1e-6)
+  config.classify.symmetries = "none"
+  plain = classifier.DiffusionClassifier(config, params).errors(images, indices, draw_ids, class_ids)
+  assert not np.allclose(errors, plain, rtol=1e-3)
 
 
 def test_score_does_not_depend_on_batch_size_or_order(setup):

@@ -55,6 +55,7 @@ class KernelSpec:
   chunk_size: int  # model evaluations per lax.map step, per device
   prediction: str
   schedule: schedules.Schedule
+  symmetries: str = "none"  # none | flips_rot90: draw k also applies one of the 8 symmetries of the square to x
 
   def __post_init__(self):
     for name in ("num_draws", "chunk_size"):
@@ -70,6 +71,8 @@ class KernelSpec:
       )
     if self.prediction not in schedules.PREDICTIONS:
       raise ConfigError(f"config.diffusion.prediction={self.prediction!r} is not one of {schedules.PREDICTIONS}")
+    if self.symmetries not in draws.SYMMETRIES:
+      raise ConfigError(f"config.classify.symmetries={self.symmetries!r} is not one of {draws.SYMMETRIES}")
 
   @classmethod
   def from_config(cls, config) -> "KernelSpec":
@@ -84,6 +87,7 @@ class KernelSpec:
       c.chunk_size,
       config.diffusion.prediction,
       schedules.Schedule.from_config(config.diffusion, config.data.image_size),
+      c.symmetries,
     )
 
 
@@ -107,6 +111,9 @@ def _evaluations(spec: KernelSpec, images, indices, draw_ids, class_ids):
   eps = jax.vmap(lambda k, ds: jax.vmap(lambda d: draws.noise(k, d, images.shape[1:]))(ds))(keys, draw_ids)
   logsnr = spec.schedule.logsnr(t)  # [B, R]
   x = jnp.broadcast_to(images[:, None], eps.shape)  # [B, R, H, W, C]
+  if spec.symmetries == "flips_rot90":  # the same view of the image for every class of a draw: still paired
+    views = jax.vmap(lambda k, ds: draws.symmetries(k, spec.num_draws)[ds])(keys, draw_ids)  # [B, R]
+    x = jax.vmap(jax.vmap(draws.apply_symmetry))(x, views)
   x, eps, logsnr = (einops.rearrange(a, "b r ... -> (b r) ...") for a in (x, eps, logsnr))  # one row per (image, draw)
   z = schedules.diffuse(x, eps, logsnr)
 
@@ -186,7 +193,9 @@ def make_kernel(model: nn.Module, spec: KernelSpec, mesh):
 @functools.lru_cache(maxsize=8)
 def make_pixel_error_kernel(model: nn.Module, spec: KernelSpec, mesh):
   """jit(shard_map(local_pixel_errors)): (params, images, indices, draw_ids, class_ids) -> (errors [B, C', R],
-  pixel_errors [B, C', H, W]); sharded as `make_kernel`. Opt-in: only the explanations use it."""
+  pixel_errors [B, C', H, W]); sharded as `make_kernel`. Opt-in: only the explanations use it. The maps are of
+  the image as it is: draws apply no symmetry here (`spec.symmetries` is ignored)."""
+  spec = dataclasses.replace(spec, symmetries="none")
   data = P(sharding.DATA_AXIS)
   fn = jax.shard_map(
     functools.partial(local_pixel_errors, model, spec),
