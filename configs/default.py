@@ -180,6 +180,15 @@ def get_config(arg: str = ""):
   config.explain.error_map = True  # the error-difference map: per-pixel errors on the classify draws (B*C*H*W memory)
   config.explain.batch_size = 32  # examples (image x target class) per sampler call (padded; never recompiles)
   config.explain.dtype = "float32"  # float32 | bfloat16: the denoiser's compute dtype when sampling
+  # The judge's Grad-CAM layer: "stageS" (the output of stage S) or "stageS.B" (of its block B). Stage 3 is the
+  # deepest whose cells are no wider than a small lesion (8x8 on 32 px, 4 px cells; Grad-CAM's 14x14 on 224 px is
+  # a cell every 7 % of the width); --evaluate reports every block (docs/explanations.md).
+  config.explain.grad_cam_layer = "stage3"
+  # --evaluate: a counterfactual is a valid flip when the judge calls it the target class and its mean |x - x_cf|
+  # outside the lesion mask (whole image without one) is below this (2.5 % of the [-1, 1] range).
+  config.explain.valid_change = 0.05
+  config.explain.faithfulness_steps = 20  # deletion/insertion curves: pixels removed or revealed in 5 % steps
+  config.explain.faithfulness_draws = 0  # > 0: also the diffusion classifier's curves, on this many draws (costly)
 
   # Validation loss of the EMA model on fixed draws of the first `num_examples` eval images.
   config.evals.loss = ml_collections.ConfigDict(

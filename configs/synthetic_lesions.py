@@ -4,15 +4,16 @@ A task with a known answer for checking classification and explanations end to e
 
   python -m medfusion.train --config=configs/synthetic_lesions.py --workdir=runs/lesions
 
-`:smoke` trains a tiny model for a few steps on the small 'smoke' build of the data.
+`:smoke` trains a tiny model for a few steps on the small 'smoke' build of the data; `:hard` uses the hard variant
+(lesions that brightness does not give away: medfusion/data/synthetic_lesions.py), e.g. `:hard,smoke`.
 """
 
 from configs import default
 
 
 def get_config(arg: str = ""):
-  """Synthetic lesions at 32x32; `arg` may hold smoke and model=small|paper."""
-  args = default.parse_arg(arg, smoke=False, model="small")
+  """Synthetic lesions at 32x32; `arg` may hold smoke, hard and model=small|paper."""
+  args = default.parse_arg(arg, smoke=False, hard=False, model="small")
   config = default.get_config()
   config.data.source = "synthetic_lesions"
   default.set_classes(config, ("healthy", "lesion"))
@@ -28,6 +29,7 @@ def get_config(arg: str = ""):
   # the ends of [0, 1], highest in the middle), so they only add noise to the vote.
   config.classify.t_min = 0.2
   config.classify.t_max = 0.6
-  if args.smoke:
-    config.data.synthetic_config = "smoke"
+  config.data.synthetic_config = ("hard_" if args.hard else "") + ("smoke" if args.smoke else "default")
+  if config.data.synthetic_config == "hard_default":
+    config.data.synthetic_config = "hard"
   return default.apply_args(config, args)

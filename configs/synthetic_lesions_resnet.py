@@ -10,9 +10,9 @@ from configs import default, pneumoniamnist_resnet, synthetic_lesions
 
 
 def get_config(arg: str = ""):
-  """Synthetic lesions at 32x32 with a width-16 ResNet-18; `arg` may be 'smoke'."""
-  args = default.parse_arg(arg, smoke=False)
-  config = pneumoniamnist_resnet.get_config(arg)
+  """Synthetic lesions at 32x32 with a width-16 ResNet-18; `arg` may hold smoke and hard (the hard variant)."""
+  args = default.parse_arg(arg, smoke=False, hard=False)
+  config = pneumoniamnist_resnet.get_config("smoke" if args.smoke else "")
   config.data = synthetic_lesions.get_config(arg).data
   if not args.smoke:
     config.model.width = 16

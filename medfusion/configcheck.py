@@ -10,7 +10,8 @@ from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
 from medfusion.evaluation import evaluators, report
-from medfusion.explanations import counterfactual, sampler
+from medfusion.explanations import counterfactual, evaluate, saliency, sampler
+from medfusion.models import resnet
 from medfusion.training import loop, resnet_trainer
 
 
@@ -55,3 +56,5 @@ def check(config) -> None:
     raise ConfigError(f"config.explain.smoothing_sigma={e.smoothing_sigma!r} must be a number >= 0")
   if not isinstance(e.error_map, bool):
     raise ConfigError(f"config.explain.error_map={e.error_map!r} must be True or False")
+  saliency.block_index(e.grad_cam_layer, resnet.STAGE_SIZES["resnet18"])
+  evaluate.EvaluationSpec.from_config(config)

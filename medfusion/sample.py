@@ -17,15 +17,15 @@ from medfusion import cli
 
 cli.define_model_flags(split=False)
 flags.DEFINE_string("class", "", "Comma-separated class names to sample (default: every class; 'null': unconditional).")
-flags.DEFINE_integer("num", 16, "Samples per class.")
+flags.DEFINE_integer("num", 16, "Samples per class.", lower_bound=1)
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   config = cli.start(argv)
-  from medfusion.explanations import run
+  from medfusion.explanations import sampling
 
-  settings = run.sample_classes(config, FLAGS.workdir, FLAGS["class"].value, FLAGS.num, FLAGS.output)
+  settings = sampling.sample_classes(config, FLAGS.workdir, FLAGS["class"].value, FLAGS.num, FLAGS.output)
   print(json.dumps({k: settings[k] for k in ("classes", "num", "seed", "sampler", "steps", "guidance")}))
 
 

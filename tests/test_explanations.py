@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import types
 
 import explain_sampler_script
 import jax
@@ -17,7 +18,7 @@ from medfusion import configcheck, stored_config
 from medfusion.classify import classifier
 from medfusion.diffusion import schedules
 from medfusion.errors import ConfigError
-from medfusion.explanations import counterfactual, maps, run, scores
+from medfusion.explanations import counterfactual, evaluate, faithfulness, maps, results, run, saliency, scores
 from medfusion.explanations import sampler as sampler_lib
 from medfusion.models.resnet import ResNet, ResNetConfig
 
@@ -143,10 +144,14 @@ def test_pixel_errors_are_the_kernel_errors_per_pixel(tiny):
   config.classify.update(num_draws=4, batch_size=2, chunk_size=3)  # chunks straddle (image, class) pairs
   clf = classifier.DiffusionClassifier(config, params)
   indices = np.array([4, 1, 7])
-  errors, pixels = maps.class_pixel_errors(clf, images, indices)
+  errors, pixels = clf.draw_errors(images, indices, pixels=True)
   np.testing.assert_allclose(errors, clf.draw_errors(images, indices), rtol=1e-5)
   assert pixels.shape == (3, 2, 32, 32)
   np.testing.assert_allclose(pixels.mean(axis=(2, 3)), errors.mean(axis=2), rtol=1e-5)  # eps_mse, one channel
+  broken = images.copy()
+  broken[1, 3, 3] = np.nan
+  with pytest.raises(FloatingPointError, match="image 1 has NaN"):  # the runner's checks hold for pixel errors too
+    clf.draw_errors(broken, indices, pixels=True)
 
 
 # --- Maps -------------------------------------------------------------------------------------------------------------
@@ -202,7 +207,7 @@ def resnet():
 def test_grad_cam_is_cam_for_a_global_average_pooled_head(resnet):
   model, variables, images = resnet
   targets = np.array([0, 1, 1])
-  cams = maps.grad_cam(model, variables, images, targets)
+  cams = saliency.grad_cam(model, variables, images, targets, "stage4")
   assert cams.shape == (3, 16, 16) and cams.min() >= 0 and cams.max() <= 1
   # With global average pooling and one dense layer, Grad-CAM's weights are the dense kernel's column (CAM).
   _, state = model.apply(variables, images, capture_intermediates=True, mutable=["intermediates"])
@@ -214,11 +219,50 @@ def test_grad_cam_is_cam_for_a_global_average_pooled_head(resnet):
     np.testing.assert_allclose(cams[i], expected, atol=1e-4)
 
 
+def test_grad_cam_layers_are_named_by_stage(resnet):
+  model, variables, images = resnet
+  sizes = (2, 2, 2, 2)
+  assert saliency.layer_names(sizes)[:3] == ["stage1.1", "stage1.2", "stage2.1"]
+  assert saliency.block_index("stage3", sizes) == 5 and saliency.block_index("stage3.1", sizes) == 4
+  for bad in ("stage5", "stage3.3", "layer4", "stage0"):
+    with pytest.raises(ConfigError, match="grad_cam_layer"):
+      saliency.block_index(bad, sizes)
+  assert saliency.feature_sizes(model, variables, images) == {
+    f"stage{s}.{b}": 16 // 2 ** (s - 1) for s in range(1, 5) for b in (1, 2)
+  }
+  cams = saliency.grad_cams(model, variables, images, np.array([0, 1, 1]))
+  np.testing.assert_array_equal(cams["stage3.2"], saliency.grad_cam(model, variables, images, [0, 1, 1], "stage3"))
+  assert not np.array_equal(cams["stage3.1"], cams["stage3.2"])
+
+
 def test_input_gradient_is_the_logit_gradient(resnet):
   model, variables, images = resnet
-  saliency = maps.input_gradient(model, variables, images, np.array([1, 0, 1]), sigma=0.0)
+  saliency_maps = saliency.gradient_map(model, variables, images, np.array([1, 0, 1]), "input_gradient", sigma=0.0)
   grad = jax.grad(lambda x: model.apply(variables, x)[0, 1])(jnp.asarray(images[:1]))
-  np.testing.assert_allclose(saliency[0], maps.normalise(np.abs(np.asarray(grad))[0, ..., 0]), atol=1e-5)
+  np.testing.assert_allclose(saliency_maps[0], maps.normalise(np.abs(np.asarray(grad))[0, ..., 0]), atol=1e-5)
+
+
+def test_integrated_gradients_add_up_to_the_logit_change_and_smoothgrad_averages_gradients(resnet):
+  model, variables, images = resnet
+  targets = jnp.array([1, 0, 1])
+  fns = saliency._jitted(model)
+  attribution = np.asarray(fns["integrated_gradients"](variables, jnp.asarray(images), targets))
+  logits = model.apply(variables, jnp.asarray(images))[jnp.arange(3), targets]
+  black = model.apply(variables, -jnp.ones_like(images))[jnp.arange(3), targets]
+  # completeness (Sundararajan et al. 2017), up to the Riemann sum's error
+  np.testing.assert_allclose(attribution.sum(axis=(1, 2, 3)), logits - black, rtol=0.05, atol=0.05)
+  smooth = np.asarray(fns["smoothgrad"](variables, jnp.asarray(images), targets, jax.random.key(0)))
+  plain = np.asarray(fns["input_gradient"](variables, jnp.asarray(images), targets))
+  assert smooth.shape == plain.shape and not np.allclose(smooth, plain)
+
+
+def test_blob_marks_bright_spots_and_not_dark_ones():
+  image = np.zeros((32, 32, 1), np.float32)
+  image[8:11, 20:23] = 0.8  # bright
+  image[22:25, 6:9] = -0.8  # dark
+  m = maps.blob(image)
+  assert np.unravel_index(np.argmax(m), m.shape) == (9, 21)
+  assert m[23, 7] == 0.0  # the dark spot is the minimum
 
 
 # --- Scores -----------------------------------------------------------------------------------------------------------
@@ -256,10 +300,70 @@ def test_proximity_and_flip_rate():
   assert scores.flip_rate([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
 
 
+def test_pointing_game_tolerance_and_valid_flips():
+  mask = np.zeros((10, 10), bool)
+  mask[2:4, 2:4] = True
+  saliency_map = np.zeros((10, 10))
+  saliency_map[3, 5] = 1.0  # 2 pixels right of the mask
+  assert not scores.pointing_game(saliency_map, mask)
+  assert not scores.pointing_game(saliency_map, mask, tolerance=1)
+  assert scores.pointing_game(saliency_map, mask, tolerance=2)
+  saliency_map[3, 5], saliency_map[6, 6] = 0.0, 1.0  # (6, 6) is sqrt(18) pixels from (3, 3)
+  assert not scores.pointing_game(saliency_map, mask, tolerance=4) and scores.pointing_game(saliency_map, mask, 4.3)
+  valid = scores.valid_flips([1, 1, 0, 1], [1, 1, 1, 1], [0.01, 0.2, 0.01, 0.05], threshold=0.05)
+  assert valid.tolist() == [True, False, False, False]  # flipped and close; too far; not flipped; at the threshold
+
+
+# --- Faithfulness -------------------------------------------------------------------------------------------------
+
+
+def test_faithfulness_paths_remove_and_reveal_in_map_order():
+  image = np.arange(16, dtype=np.float32).reshape(4, 4, 1)
+  blurred = np.full_like(image, -1.0)
+  order = faithfulness.pixel_order(image[..., 0])  # brightest first
+  assert order[:2].tolist() == [15, 14]
+  deletion = faithfulness.path(image, blurred, order, 4, "deletion")
+  insertion = faithfulness.path(image, blurred, order, 4, "insertion")
+  assert deletion.shape == (5, 4, 4, 1)
+  np.testing.assert_array_equal(deletion[0], image)
+  np.testing.assert_array_equal(deletion[-1], blurred)
+  np.testing.assert_array_equal(insertion[0], blurred)
+  assert (deletion[1] == -1).sum() == 4 and np.all(deletion[1][3] == -1)  # the brightest row went first
+  np.testing.assert_array_equal(insertion[1][3], image[3])
+  assert faithfulness.area(np.array([1.0, 1.0, 0.0])) == 0.75
+  ties = faithfulness.pixel_order(np.zeros((4, 4)), seed=3)
+  assert sorted(ties.tolist()) == list(range(16)) and ties.tolist() != list(range(16))  # ties in random order
+
+
+def test_a_map_that_finds_the_evidence_beats_random_orders_which_sit_at_the_reference():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 0, (24, 16, 16, 1)).astype(np.float32)
+  evidence = np.zeros((24, 16, 16), bool)
+  for i in range(24):
+    r, c = rng.integers(2, 12, 2)
+    evidence[i, r : r + 3, c : c + 3] = True
+    images[i, r : r + 3, c : c + 3] = 1.0
+
+  def probability(x):  # a 'model' whose class-1 probability is the brightness of the brightest 9 pixels
+    top = np.sort(x.reshape(len(x), -1), axis=1)[:, -9:].mean(axis=1)
+    p = 1 / (1 + np.exp(-10 * (top - 0.5)))
+    return np.stack([1 - p, p], axis=1)
+
+  ex = types.SimpleNamespace(images=images, maps={"oracle": evidence.astype(np.float32)})
+  out = evaluate.faithfulness_scores(ex, probability, np.ones(24, int), 16, ["oracle"])
+  random = np.stack([maps.random_map((16, 16), 77 + i) for i in range(24)])
+  ex.maps["random_map"] = random
+  again = evaluate.faithfulness_scores(ex, probability, np.ones(24, int), 16, ["random_map"])
+  assert out["oracle"]["deletion_auc"] < out["random"]["deletion_auc"] - 0.2
+  assert out["oracle"]["insertion_auc"] > out["random"]["insertion_auc"] + 0.2
+  for mode in faithfulness.MODES:  # one more random order lands at the reference (the mean of four; sd ~0.02)
+    assert abs(again["random_map"][f"{mode}_auc"] - out["random"][f"{mode}_auc"]) < 0.08
+
+
 def test_choose_selects_errors_and_uncertain_images():
   errors = np.zeros((4, 2, 4))
   errors[:, 1] = [[1, 1, 1, 1], [-1, -1, 1, 1], [-1, -1, -1, 1], [-1, -1, -1, -1]]  # votes for class 1: 0, 2, 3, 4
-  classified = run.Classified.from_errors(errors)
+  classified = results.Classified.from_errors(errors)
   labels = np.array([1, 0, 0, 1])
   assert classified.prediction.tolist() == [0, 0, 1, 1]
   assert run.choose("errors", 5, labels, classified, 0).tolist() == [0, 2]
@@ -291,6 +395,11 @@ def test_stored_configs_get_the_explain_defaults():
     ("smoothing_sigma", -1.0),
     ("dtype", "float16"),
     ("batch_size", 0),
+    ("grad_cam_layer", "stage5"),
+    ("grad_cam_layer", "layer4"),
+    ("valid_change", 0.0),
+    ("faithfulness_steps", 1),
+    ("faithfulness_draws", -1),
   ],
 )
 def test_bad_explain_fields_are_named(field, value):
@@ -361,15 +470,23 @@ def test_explain_command_writes_panels_gallery_and_metrics(lesion_model, lesion_
   assert proc.returncode == 0, proc.stderr[-4000:]
   summary = json.loads(proc.stdout.strip().splitlines()[-1])
   assert summary["n"] == 4 and set(summary["counterfactuals"]) == set(counterfactual.METHODS)
+  assert summary["gallery"] == str(output / "index.html")
   with open(output / "explain_metrics.json") as f:
     result = json.load(f)
-  assert result["masks"] and result["pairs"] == 4 and result["closer_method"] in counterfactual.METHODS
-  kinds = {"counterfactual_partial_noising", "counterfactual_ddim_inversion", "error_difference", "intensity"}
-  assert set(result["maps"]) == kinds | {"grad_cam", "input_gradient"}
+  assert result["masks"] and result["pairs"] == 4 and result["settings"]["grad_cam_layer"] == "stage3"
+  layers = {f"grad_cam_stage{s}.{b}" for s in range(1, 5) for b in (1, 2)}
+  kinds = {"counterfactual_partial_noising", "counterfactual_ddim_inversion", "error_difference", "intensity", "blob"}
+  gradients = {"grad_cam", "input_gradient", "smoothgrad", "integrated_gradients"}
+  assert set(result["maps"]) == kinds | gradients | layers
+  assert set(result["faithfulness_judge"]) == kinds | gradients | layers | {"random"}
+  assert result["grad_cam_feature_sizes"]["stage3.2"] == 8 and result["grad_cam_feature_sizes"]["stage4.2"] == 4
+  # the configured Grad-CAM is the end of stage 3
+  assert result["maps"]["grad_cam"] == result["maps"]["grad_cam_stage3.2"]
+  assert set(result["references"]) == {"blur", "noise"}
   for method in counterfactual.METHODS:
     entry = result["counterfactuals"][method]
-    assert {"flip_rate_diffusion", "flip_rate_judge", "proximity_inside", "proximity_outside"} <= set(entry)
-    assert 0.0 <= entry["flip_rate_diffusion"] <= 1.0 and 0.0 <= entry["flip_rate_judge"] <= 1.0
+    assert {"valid_flip_rate", "flip_rate_judge", "change_inside", "change_outside"} <= set(entry)
+    assert entry["valid_flip_rate"] <= entry["flip_rate_judge"]  # gating only removes flips
   with np.load(output / "explanations.npz") as f:
     indices = f["index"].tolist()
     assert len(indices) == 4 and f["counterfactuals_ddim_inversion"].shape == (4, 2, 32, 32, 1)
@@ -379,6 +496,8 @@ def test_explain_command_writes_panels_gallery_and_metrics(lesion_model, lesion_
   with open(output / "index.html") as f:
     page = f.read()
   assert all(f"panels/{index:05d}.png" in page for index in indices)
+  assert "Grad-CAM (ResNet, stage3)" in page and "ADDS evidence" not in page and "ADDED" in page  # the legend
+  assert "valid flip" in page  # the --evaluate scores
   assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--select='worst'" in bad.stderr
   assert not os.path.exists(tmp_path / "bad")
 
@@ -394,7 +513,107 @@ def test_explain_without_masks_reports_flip_rates_and_whole_image_proximity(lesi
   monkeypatch.setattr(pipeline, "load_split", lambda *a: dataclasses.replace(load_split(*a), masks=None))
   result = run.explain_split(config, workdir, "val", str(tmp_path), 2, evaluate=True)
   metrics = result["metrics"]
-  assert not metrics["masks"] and "maps" not in metrics
+  assert not metrics["masks"] and "maps" not in metrics and "references" not in metrics  # no judge, no masks
   for entry in metrics["counterfactuals"].values():
-    assert set(entry) == {"flip_rate_diffusion", "proximity_whole"} and entry["proximity_whole"] > 0
+    assert set(entry) == {
+      "change_outside",
+      "change_whole",
+      "toward_prediction_change",
+      "flip_rate_diffusion_consistency_only",
+    }
+    assert entry["change_whole"] == entry["change_outside"] > 0  # without masks the whole image is "outside"
   assert (tmp_path / "index.html").exists() and (tmp_path / "explain_metrics.json").exists()
+
+
+# --- The shipped synthetic-lesions model and judge ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shipped(tfds_dir, lesion_judge, tmp_path_factory):
+  """--evaluate on the first 8 test images (4 with a lesion) with pretrained/synthetic_lesions and its judge, at a
+  smaller classification budget (8 draws): (explain_metrics content, explanations.npz arrays, judge)."""
+  from medfusion.explanations.judge import Judge
+
+  workdir = os.path.join(ROOT, "pretrained", "synthetic_lesions")
+  config = stored_config.get_config(workdir)
+  config.data.update(synthetic_config="smoke", tfds_data_dir=tfds_dir)  # test images i are those of the full build
+  config.classify.update(num_draws=8, batch_size=8)
+  config.explain.update(batch_size=16, faithfulness_steps=10)  # 25 sampler steps each way, as shipped
+  out = tmp_path_factory.mktemp("shipped")
+  result = run.explain_split(config, workdir, "test", str(out), 8, judge_workdir=lesion_judge, evaluate=True)
+  with np.load(out / "explanations.npz") as f:
+    arrays = dict(f)
+  return result["metrics"], arrays, Judge(lesion_judge, config.data.class_names)
+
+
+def test_shipped_counterfactual_difference_is_more_precise_than_the_fair_grad_cam(shipped):
+  metrics, _, _ = shipped
+  assert metrics["images_with_mask"] == 4 and metrics["settings"]["grad_cam_layer"] == "stage3"
+  precision = {kind: entry["mask_size_precision"] for kind, entry in metrics["maps"].items()}
+  assert precision["counterfactual_ddim_inversion"] > precision["grad_cam"]
+  assert precision["counterfactual_ddim_inversion"] > precision["grad_cam_stage3.1"]  # the best 8x8 block too
+
+
+def test_shipped_counterfactuals_flip_validly_more_often_than_a_blur(shipped):
+  metrics, _, _ = shipped
+  blur = metrics["references"]["blur"]
+  assert metrics["counterfactuals"]["ddim_inversion"]["valid_flip_rate"] > blur["valid_flip_rate"]
+  assert metrics["counterfactuals"]["ddim_inversion"]["toward_prediction_kept_rate_judge"] == 1.0
+
+
+def test_gating_rejects_a_blurred_image_that_fools_the_judge(shipped):
+  metrics, arrays, judge = shipped
+  lesion = np.nonzero(arrays["masks"].reshape(8, -1).any(axis=1))[0]
+  images, masks = arrays["images"][lesion], arrays["masks"][lesion]
+  blurred = evaluate.degrade(images, "blur", 2.0)
+  judged = np.argmax(judge.probabilities(blurred), axis=1)
+  assert np.all(judged == 0)  # the judge calls every blurred lesion image healthy...
+  change = evaluate.changes(images, blurred, masks, range(len(images)))
+  targets = np.zeros(len(images), int)
+  assert not scores.valid_flips(judged, targets, change, metrics["settings"]["valid_change"]).any()  # ...not valid
+
+
+def test_deletion_curves_of_a_random_map_sit_at_the_reference(shipped):
+  metrics, arrays, judge = shipped
+  images = arrays["images"]
+  classes = np.argmax(judge.probabilities(images), axis=1)
+  ex = types.SimpleNamespace(
+    images=images, maps={"other": np.stack([maps.random_map((32, 32), 7 + i) for i in range(8)])}
+  )
+  out = evaluate.faithfulness_scores(ex, judge.probabilities, classes, 10, ["other"])
+  reference = metrics["faithfulness_judge"]["random"]
+  assert out["random"] == reference  # the same images, steps and seeds give the same reference
+  assert abs(out["other"]["deletion_auc"] - reference["deletion_auc"]) < 0.1
+  counterfactual_map = metrics["faithfulness_judge"]["counterfactual_ddim_inversion"]
+  assert counterfactual_map["deletion_auc"] < reference["deletion_auc"]
+
+
+# --- The hard synthetic variant ---------------------------------------------------------------------------------
+
+
+def test_hard_variant_lesions_do_not_give_themselves_away_by_brightness():
+  from scipy import ndimage
+
+  from medfusion.data import synthetic_lesions
+
+  assert {"hard", "hard_smoke"} <= {c.name for c in synthetic_lesions.SyntheticLesions.BUILDER_CONFIGS}
+  precision = {"default": [], "hard": []}
+  contrast = {kind: [] for kind in synthetic_lesions.HARD_KINDS}
+  for index in range(1, 33, 2):  # 16 lesion images
+    for variant in precision:
+      image, mask, label = synthetic_lesions.render("test", index, 32, variant)
+      assert label == 1 and mask.any()
+      x = image.astype(np.float32) / 127.5 - 1.0
+      precision[variant].append(scores.mask_size_precision(maps.blob(x), mask))
+    inside = mask[..., 0] > 0
+    around = ndimage.binary_dilation(inside, iterations=2) & ~inside
+    contrast[synthetic_lesions.HARD_KINDS[(index // 2) % 4]].append(x[inside].mean() - x[around].mean())
+  healthy, _, _ = synthetic_lesions.render("test", 0, 32, "hard")
+  np.testing.assert_array_equal(synthetic_lesions.render("test", 0, 32)[1], 0)
+  assert np.mean(precision["default"]) > 0.4 and np.mean(precision["hard"]) < 0.2  # the blob detector fails
+  assert np.mean(contrast["dark"]) < -0.2 and abs(np.mean(contrast["same_mean"])) < 0.1
+  assert abs(np.mean(contrast["texture"])) < 0.1
+  dots = healthy.astype(int) - synthetic_lesions.render("test", 0, 32)[0]  # the same body, plus the dots
+  assert dots.min() >= 0 and dots.max() > 80  # healthy images of the hard variant carry bright dots too
+  with pytest.raises(ValueError, match="variant"):
+    synthetic_lesions.render("test", 0, 32, "easy")

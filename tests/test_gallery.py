@@ -85,6 +85,21 @@ def test_panel_png_rejects_bad_shapes(tmp_path):
   assert not list(tmp_path.iterdir())
 
 
+def test_panel_png_outlines_the_lesion_mask(tmp_path):
+  image, counterfactuals, maps = _example(28, 1)
+  mask = np.zeros((28, 28, 1), np.uint8)
+  mask[10:14, 10:14] = 1
+  gallery.save_panel_png(tmp_path / "plain.png", image, counterfactuals, maps, "t")
+  gallery.save_panel_png(tmp_path / "mask.png", image, counterfactuals, maps, "t", mask)
+  plain, outlined = (
+    np.asarray(Image.open(tmp_path / f"{n}.png").convert("RGB")).astype(int) for n in ("plain", "mask")
+  )
+  cyan = (outlined[..., 0] < 80) & (outlined[..., 1] > 180) & (outlined[..., 2] > 180)
+  assert cyan.sum() > 20 and not ((plain[..., 0] < 80) & (plain[..., 1] > 180) & (plain[..., 2] > 180)).any()
+  with pytest.raises(ValueError, match="mask must have shape"):
+    gallery.save_panel_png(tmp_path / "bad.png", image, counterfactuals, maps, "t", np.zeros((14, 14)))
+
+
 # --- index.html ------------------------------------------------------------------------------------------------------
 
 
@@ -116,6 +131,36 @@ def test_index_links_every_panel_relatively_escapes_and_counts(tmp_path):
   assert 'id="group"' in page and 'value="incorrect"' in page
   assert page.count('<figure class="card') == 4
   assert os.listdir(tmp_path) == ["index.html"], "no temporary file is left behind"
+
+
+def test_index_legend_and_score_tables(tmp_path):
+  metrics = {
+    "settings": {"valid_change": 0.05},
+    "maps": {
+      "grad_cam": {"mask_size_precision": 0.41, "pointing_game_0px": 0.5},
+      "blob": {"mask_size_precision": 0.47},
+    },
+    "faithfulness_judge": {"grad_cam": {"deletion_auc": 0.2}, "random": {"deletion_auc": 0.6}},
+    "counterfactuals": {"ddim_inversion": {"valid_flip_rate": 0.97, "flip_rate_judge": 1.0, "extra": 3}},
+    "references": {"blur": {"valid_flip_rate": 0.0, "flip_rate_judge": 1.0}},
+  }
+  titles = {"grad_cam": "Grad-CAM ({layer})", "blob": "blob <detector>"}
+  tables = gallery.score_tables(metrics, titles, "stage3")
+  maps_table, flips_table = tables.values()
+  assert maps_table["Grad-CAM (stage3)"] == {
+    "mask_size_precision": 0.41,
+    "pointing_game_0px": 0.5,
+    "deletion_auc (judge)": 0.2,
+  }
+  assert maps_table["random pixel order (reference)"] == {"deletion_auc (judge)": 0.6}
+  assert flips_table["counterfactual, ddim_inversion"] == {"valid_flip_rate": 0.97, "flip_rate_judge": 1.0}
+  assert "< 0.05" in list(tables)[1]
+  legend = {"Grad-CAM (stage3)": "the judge's <coarse> map"}
+  page = open(gallery.write_index(tmp_path, [_entry(0, "a.png")], legend, tables), encoding="utf-8").read()
+  assert 'id="legend"' in page and "the judge&#x27;s &lt;coarse&gt; map" in page and "blob &lt;detector&gt;" in page
+  assert "<td>0.41</td>" in page and "<td>-</td>" in page  # a missing value is a dash
+  assert "cyan outline" in page and "inferno" in page
+  assert 'id="legend"' not in open(gallery.write_index(tmp_path / "b", []), encoding="utf-8").read()
 
 
 def test_index_of_no_entries(tmp_path):

@@ -7,6 +7,7 @@ remaining ones are repacked with waiting images into batches of the same fixed s
 
 import collections
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -175,8 +176,19 @@ class DiffusionClassifier:
     self.kernel = kernel.make_kernel(make_denoiser(config, self.spec.dtype, 0.0), self.kernel_spec, self.mesh)
     self.params = jax.device_put(params, sharding.replicated(self.mesh))
 
-  def errors(self, images, indices, draw_ids, class_ids) -> np.ndarray:
-    """Errors [b, C', R] of up to B images (numpy in, numpy out); shorter batches are padded to B."""
+  @functools.cached_property
+  def pixel_kernel(self):
+    """The kernel that also returns each class's per-pixel error (`kernel.make_pixel_error_kernel`), compiled on
+    first use: only explanations ask for it."""
+    model = make_denoiser(self.config, self.spec.dtype, 0.0)
+    return kernel.make_pixel_error_kernel(model, self.kernel_spec, self.mesh)
+
+  def errors(self, images, indices, draw_ids, class_ids, pixels: bool = False):
+    """Errors [b, C', R] of up to B images (numpy in, numpy out); shorter batches are padded to B.
+
+    With `pixels`, (errors, pixel_errors [b, C', H, W]): each class's per-pixel error averaged over the R draws,
+    from the same evaluations (the error-difference map of medfusion.explain).
+    """
     b = len(images)
     if not np.all(np.isfinite(images)):
       bad = int(indices[np.argmax(~np.isfinite(images).reshape(b, -1).all(axis=1))])
@@ -184,15 +196,20 @@ class DiffusionClassifier:
     padded = self.pad(images, indices, draw_ids, class_ids)
     arrays = dict(zip(("images", "indices", "draw_ids", "class_ids"), padded, strict=True))
     g = sharding.shared_to_global(self.mesh, arrays)
-    out = self.kernel(self.params, g["images"], g["indices"], g["draw_ids"], g["class_ids"])
-    out = np.asarray(jax.device_get(jax.experimental.multihost_utils.process_allgather(out, tiled=True)))[:b]
-    if not np.all(np.isfinite(out)):
-      bad = int(indices[np.argmax(~np.isfinite(out).reshape(b, -1).all(axis=1))])
-      raise FloatingPointError(
-        f"{self.source} gave NaN or infinite denoising errors (first on image {bad}): its parameters are corrupt "
-        "or training diverged"
-      )
-    return out
+    fn = self.pixel_kernel if pixels else self.kernel
+    out = fn(self.params, g["images"], g["indices"], g["draw_ids"], g["class_ids"])
+    out = [
+      np.asarray(jax.device_get(jax.experimental.multihost_utils.process_allgather(a, tiled=True)))[:b]
+      for a in (out if pixels else (out,))
+    ]
+    for values in out:
+      if not np.all(np.isfinite(values)):
+        bad = int(indices[np.argmax(~np.isfinite(values).reshape(b, -1).all(axis=1))])
+        raise FloatingPointError(
+          f"{self.source} gave NaN or infinite denoising errors (first on image {bad}): its parameters are corrupt "
+          "or training diverged"
+        )
+    return tuple(out) if pixels else out[0]
 
   def pad(self, *arrays):
     """Pads each array's first axis to the batch size by repeating its last row (results are discarded)."""
@@ -208,18 +225,24 @@ class DiffusionClassifier:
       return self._score_pruned(images, indices, progress)
     return self._score_rounds(images, indices, progress)
 
-  def draw_errors(self, images: np.ndarray, indices: np.ndarray, progress: Progress = None) -> np.ndarray:
-    """Errors [N, C, K] of every class on all K draws: what `score` aggregates at the full budget."""
+  def draw_errors(self, images: np.ndarray, indices: np.ndarray, progress: Progress = None, pixels: bool = False):
+    """Errors [N, C, K] of every class on all K draws: what `score` aggregates at the full budget. With `pixels`,
+    (errors, pixel_errors [N, C, H, W]) as `errors` gives them."""
     b, c, k = self.spec.batch_size, self.num_classes, self.spec.num_draws
     classes, draw_ids = np.broadcast_to(np.arange(c), (b, c)), np.broadcast_to(np.arange(k), (b, k))
     out = []
     for lo in range(0, len(images), b):
       rows = slice(lo, min(lo + b, len(images)))
       n = rows.stop - rows.start
-      out.append(self.errors(images[rows], indices[rows], draw_ids[:n], classes[:n]))
+      out.append(self.errors(images[rows], indices[rows], draw_ids[:n], classes[:n], pixels))
       if progress is not None:
         progress(n)
-    return np.concatenate(out) if out else np.zeros((0, c, k))
+    empty = np.zeros((0, c, k))
+    if not pixels:
+      return np.concatenate(out) if out else empty
+    if not out:
+      return empty, np.zeros((0, c, *images.shape[1:3]))
+    return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))
 
   def _score_rounds(self, images, indices, progress: Progress) -> Tally:
     n, c, k, b = len(images), self.num_classes, self.spec.num_draws, self.spec.batch_size

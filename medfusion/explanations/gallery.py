@@ -28,6 +28,7 @@ TILE_INCHES = 2.0  # each image tile: big enough to read a 28x28 image at a glan
 MIN_DPI = 100
 MAX_DPI = 300
 MAP_CMAP = "inferno"
+MASK_COLOUR = "cyan"
 REQUIRED_KEYS = ("panel", "index", "label", "prediction", "vote_share", "correct", "entropy")
 
 
@@ -73,12 +74,48 @@ def _show(axes, picture: np.ndarray, interpolation: str, **kwargs):
   return artist
 
 
+def _checked_maps(maps: Mapping[str, np.ndarray], height: int, width: int) -> dict[str, np.ndarray]:
+  """Each map as float32 [H, W] (a trailing channel of 1 dropped), or a ValueError naming it."""
+  checked = {}
+  for name, values in maps.items():
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim == 3 and values.shape[-1] == 1:
+      values = values[..., 0]
+    if values.shape != (height, width):
+      raise ValueError(f"maps[{name!r}] must have shape {(height, width)} to match the image, got {values.shape}")
+    checked[str(name)] = values
+  return checked
+
+
+def _outline(axes, mask) -> None:
+  """The lesion mask's outline, in cyan, over one tile."""
+  if mask is not None and np.any(mask):
+    axes.contour(np.asarray(mask, np.float32), levels=[0.5], colors=[MASK_COLOUR], linewidths=1.0)
+
+
+def _draw_maps(figure, grid, columns: int, image, maps: dict, mask, interpolation: str) -> None:
+  """The bottom row: each map over a grayscale copy of the input, and one colour bar for all."""
+  backdrop = _luminance(image)
+  for column, (name, values) in enumerate(maps.items()):
+    axes = figure.add_subplot(grid[1, column])
+    _show(axes, backdrop, interpolation)
+    heat = _show(axes, values, interpolation, cmap=MAP_CMAP, vmin=0.0, vmax=1.0, alpha=0.6)
+    _outline(axes, mask)
+    axes.set_title(_wrap(name), fontsize=9)
+  # The bar shows the colour map itself, not its translucent blend with the input.
+  solid = ScalarMappable(norm=heat.norm, cmap=heat.get_cmap())
+  bar = figure.colorbar(solid, cax=figure.add_subplot(grid[1, columns]))
+  bar.set_label("map value (0 low \u2013 1 high)", fontsize=8)
+  bar.ax.tick_params(labelsize=7)
+
+
 def save_panel_png(
   path: str | os.PathLike,
   image,
   counterfactuals: Mapping[str, np.ndarray],
   maps: Mapping[str, np.ndarray],
   title: str,
+  mask=None,
 ) -> None:
   """Draws one image's explanation as a PNG panel: the input, its counterfactuals and its maps over the input.
 
@@ -93,6 +130,7 @@ def save_panel_png(
     counterfactuals: target class name -> [H, W, C] image in [-1, 1], the input edited toward that class.
     maps: map name (e.g. "counterfactual_diff", "gradcam") -> [H, W] float in [0, 1].
     title: the panel's title, e.g. label, prediction and vote share; may span several lines.
+    mask: optional [H, W] or [H, W, 1] ground-truth lesion mask, outlined on the input and on every map.
   """
   image = _check_image("image", image)
   height, width = image.shape[:2]
@@ -100,14 +138,12 @@ def save_panel_png(
   for name, edited in counterfactuals.items():
     if edited.shape != image.shape:
       raise ValueError(f"counterfactuals[{name!r}] has shape {edited.shape}, the image {image.shape}")
-  checked_maps = {}
-  for name, values in maps.items():
-    values = np.asarray(values, dtype=np.float32)
-    if values.ndim == 3 and values.shape[-1] == 1:
-      values = values[..., 0]
-    if values.shape != (height, width):
-      raise ValueError(f"maps[{name!r}] must have shape {(height, width)} to match the image, got {values.shape}")
-    checked_maps[str(name)] = values
+  checked_maps = _checked_maps(maps, height, width)
+  if mask is not None:
+    mask = np.asarray(mask)
+    mask = mask[..., 0] if mask.ndim == 3 else mask
+    if mask.shape != (height, width):
+      raise ValueError(f"mask must have shape {(height, width)} to match the image, got {mask.shape}")
 
   columns = max(1 + len(counterfactuals), len(checked_maps))
   rows = 2 if checked_maps else 1
@@ -128,24 +164,14 @@ def save_panel_png(
 
   axes = figure.add_subplot(grid[0, 0])
   _show(axes, _display(image), interpolation)
-  axes.set_title("input", fontsize=9)
+  _outline(axes, mask)
+  axes.set_title("input" + (" (cyan: lesion mask)" if mask is not None and np.any(mask) else ""), fontsize=9)
   for column, (name, edited) in enumerate(counterfactuals.items(), start=1):
     axes = figure.add_subplot(grid[0, column])
     _show(axes, _display(edited), interpolation)
     axes.set_title(_wrap(f"counterfactual \u2192 {name}"), fontsize=9)
-
   if checked_maps:
-    backdrop = _luminance(image)
-    for column, (name, values) in enumerate(checked_maps.items()):
-      axes = figure.add_subplot(grid[1, column])
-      _show(axes, backdrop, interpolation)
-      heat = _show(axes, values, interpolation, cmap=MAP_CMAP, vmin=0.0, vmax=1.0, alpha=0.6)
-      axes.set_title(_wrap(name), fontsize=9)
-    # The bar shows the colour map itself, not its translucent blend with the input.
-    solid = ScalarMappable(norm=heat.norm, cmap=heat.get_cmap())
-    bar = figure.colorbar(solid, cax=figure.add_subplot(grid[1, columns]))
-    bar.set_label("map value (0 low \u2013 1 high)", fontsize=8)
-    bar.ax.tick_params(labelsize=7)
+    _draw_maps(figure, grid, columns, image, checked_maps, mask, interpolation)
 
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=dpi)
@@ -161,16 +187,8 @@ def _is_number(value) -> bool:
   return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
-def _checked_entry(position: int, entry) -> dict:
-  """The entry with its required fields type-checked, or a ValueError naming the entry and the key."""
-  if not isinstance(entry, Mapping):
-    raise ValueError(f"entries[{position}] must be a dict, got {type(entry).__name__}")
-  where = f"entries[{position}]" + (f" (index {entry['index']!r})" if "index" in entry else "")
-  for key in REQUIRED_KEYS:
-    if key not in entry:
-      raise ValueError(f"{where}: missing key {key!r}")
-
-  panel = entry["panel"]
+def _check_panel(where: str, panel) -> str:
+  """The panel path, normalised and relative to out_dir, or a ValueError."""
   if not isinstance(panel, (str, os.PathLike)) or not str(panel):
     raise ValueError(f"{where}: key 'panel' must be a non-empty path relative to out_dir, got {panel!r}")
   panel = os.fspath(panel).replace(os.sep, "/")
@@ -179,7 +197,33 @@ def _checked_entry(position: int, entry) -> dict:
   normal = posixpath.normpath(panel)
   if normal == ".." or normal.startswith("../") or normal == ".":
     raise ValueError(f"{where}: key 'panel' points outside out_dir: {panel!r}")
+  return normal
 
+
+def _extras(entry) -> dict:
+  """The entry's other scalar fields (shown in the card); lists and arrays have no place in a card."""
+  extras = {}
+  for key, value in entry.items():
+    if key in REQUIRED_KEYS:
+      continue
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+      value = value.item()
+    if isinstance(value, np.generic):
+      value = value.item()
+    if isinstance(value, (str, bool, int, float)):
+      extras[str(key)] = value
+  return extras
+
+
+def _checked_entry(position: int, entry) -> dict:
+  """The entry with its required fields type-checked, or a ValueError naming the entry and the key."""
+  if not isinstance(entry, Mapping):
+    raise ValueError(f"entries[{position}] must be a dict, got {type(entry).__name__}")
+  where = f"entries[{position}]" + (f" (index {entry['index']!r})" if "index" in entry else "")
+  for key in REQUIRED_KEYS:
+    if key not in entry:
+      raise ValueError(f"{where}: missing key {key!r}")
+  panel = _check_panel(where, entry["panel"])
   index = entry["index"]
   if not isinstance(index, (int, np.integer)) or isinstance(index, (bool, np.bool_)):
     raise ValueError(f"{where}: key 'index' must be an int, got {index!r}")
@@ -193,26 +237,15 @@ def _checked_entry(position: int, entry) -> dict:
     raise ValueError(f"{where}: key 'correct' must be a bool, got {entry['correct']!r}")
   if not _is_number(entry["entropy"]):
     raise ValueError(f"{where}: key 'entropy' must be a number, got {entry['entropy']!r}")
-
-  extras = {}
-  for key, value in entry.items():
-    if key in REQUIRED_KEYS:
-      continue
-    if isinstance(value, np.ndarray) and value.ndim == 0:
-      value = value.item()
-    if isinstance(value, np.generic):
-      value = value.item()
-    if isinstance(value, (str, bool, int, float)):  # scalars only; lists and arrays have no place in a card
-      extras[str(key)] = value
   return {
-    "panel": normal,
+    "panel": panel,
     "index": int(index),
     "label": entry["label"],
     "prediction": entry["prediction"],
     "vote_share": float(vote_share),
     "correct": bool(entry["correct"]),
     "entropy": float(entry["entropy"]),
-    "extras": extras,
+    "extras": _extras(entry),
   }
 
 
@@ -278,6 +311,13 @@ dl { display: grid; grid-template-columns: auto 1fr; gap: 2px 8px; margin: 0; }
 dt { color: var(--muted); } dd { margin: 0; font-weight: 600; overflow-wrap: break-word; min-width: 0; }
 a.panel { min-width: 0; }
 img { display: block; max-width: 100%; height: auto; }
+#legend { background: #fff; border-bottom: 1px solid var(--line); padding: 8px 16px; }
+#legend summary { font-weight: 600; cursor: pointer; }
+dl.legend { grid-template-columns: minmax(120px, max-content) 1fr; margin: 6px 0; }
+#legend table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+#legend caption { text-align: left; font-weight: 600; padding: 4px 0; }
+#legend th, #legend td { border: 1px solid var(--line); padding: 2px 6px; text-align: right; }
+#legend tr th:first-child { text-align: left; }
 img[data-loaded="0"] { min-width: 240px; min-height: 80px; border: 2px dashed var(--bad); }
 """
 
@@ -363,7 +403,75 @@ _SCRIPT = """
 """
 
 
-def write_index(out_dir: str | os.PathLike, entries: Sequence[Mapping]) -> str:
+def score_tables(metrics: Mapping, titles: Mapping[str, str], layer: str) -> dict[str, dict[str, dict]]:
+  """The gallery's score tables from explain_metrics.json: per map (titled by `titles`, Grad-CAM's with `layer`) its
+  mask scores and faithfulness areas, and per counterfactual method and degradation reference its valid flips."""
+  tables = {}
+  rows = {}
+  for kind, title in titles.items():
+    row = dict(metrics.get("maps", {}).get(kind, {}))
+    row.update({f"{k} (judge)": v for k, v in metrics.get("faithfulness_judge", {}).get(kind, {}).items()})
+    if row:
+      rows[title.format(layer=layer)] = row
+  if "random" in metrics.get("faithfulness_judge", {}):
+    rows["random pixel order (reference)"] = {
+      f"{k} (judge)": v for k, v in metrics["faithfulness_judge"]["random"].items()
+    }
+  if rows:
+    tables["maps (mask scores on images with a lesion mask; deletion: lower is better, insertion: higher)"] = rows
+  flips = {f"counterfactual, {m}": e for m, e in metrics.get("counterfactuals", {}).items()}
+  flips.update(
+    {f"reference: {k} at the strength that flips the judge": e for k, e in metrics.get("references", {}).items()}
+  )
+  keep = ("valid_flip_rate", "flip_rate_judge", "change_outside", "toward_prediction_kept_rate_judge")
+  flips = {name: {k: v for k, v in e.items() if k in keep} for name, e in flips.items()}
+  if flips:
+    change = metrics.get("settings", {}).get("valid_change")
+    tables[
+      f"counterfactuals: valid flip = the judge calls the target AND mean change outside the lesion < {change}"
+    ] = flips
+  return tables
+
+
+def _tables_html(tables: Mapping[str, Mapping[str, Mapping]]) -> str:
+  e = html.escape
+  out = []
+  for caption, rows in tables.items():
+    columns = list(dict.fromkeys(k for row in rows.values() for k in row))
+    head = "".join(f"<th>{e(str(c))}</th>" for c in columns)
+    body = "".join(
+      f"<tr><th>{e(str(name))}</th>"
+      + "".join(f"<td>{e(_format(row[c]) if c in row and row[c] is not None else '-')}</td>" for c in columns)
+      + "</tr>"
+      for name, row in rows.items()
+    )
+    out.append(f"<table><caption>{e(caption)}</caption><tr><th></th>{head}</tr>{body}</table>")
+  return "\n".join(out)
+
+
+def _legend_html(legend: Mapping[str, str] | None, tables) -> str:
+  """The legend: what each map shows, what the colours mean, and the --evaluate scores."""
+  if not legend and not tables:
+    return ""
+  e = html.escape
+  items = "".join(f"<dt>{e(name)}</dt><dd>{e(text)}</dd>" for name, text in (legend or {}).items())
+  colours = (
+    "Each map is drawn over the input with the inferno colours, black (0) to yellow (1), min-max normalised per "
+    "map: compare where maps point, not their brightness across maps. A cyan outline is the ground-truth lesion mask "
+    "where the data has one."
+  )
+  return (
+    f'<details id="legend" open><summary>Legend and scores</summary><p>{e(colours)}</p><dl class="legend">{items}</dl>'
+    f"{_tables_html(tables or {})}</details>"
+  )
+
+
+def write_index(
+  out_dir: str | os.PathLike,
+  entries: Sequence[Mapping],
+  legend: Mapping[str, str] | None = None,
+  tables: Mapping[str, Mapping[str, Mapping]] | None = None,
+) -> str:
   """Writes `out_dir/index.html`: every panel as a card, with counts and controls to sort, filter and group.
 
   The page needs no server and nothing from the network: links are relative to out_dir, and CSS and JavaScript are
@@ -377,6 +485,8 @@ def write_index(out_dir: str | os.PathLike, entries: Sequence[Mapping]) -> str:
     entries: one dict per image with "panel" (PNG path relative to out_dir), "index" (int), "label" (str),
       "prediction" (str), "vote_share" (float in [0, 1]), "correct" (bool) and "entropy" (float); any other scalar
       keys are shown in the card too.
+    legend: map title -> what the map shows; with `tables`, a legend above the cards (with the colour scale).
+    tables: caption -> row name -> column -> value (`score_tables` of explain_metrics.json).
 
   Returns:
     The path of the written index.html.
@@ -389,6 +499,10 @@ def write_index(out_dir: str | os.PathLike, entries: Sequence[Mapping]) -> str:
   correct = sum(entry["correct"] for entry in checked)
   accuracy = f" ({correct / total:.1%})" if total else ""
   cards = "\n".join(_card(entry) for entry in checked) or "<p>No images.</p>"
+  return _write_page(out_dir, total, correct, accuracy, _legend_html(legend, tables), cards)
+
+
+def _write_page(out_dir, total: int, correct: int, accuracy: str, legend: str, cards: str) -> str:
   page = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -424,6 +538,7 @@ def write_index(out_dir: str | os.PathLike, entries: Sequence[Mapping]) -> str:
     <span id="status" data-state="pending">panels loading&hellip;</span>
   </div>
 </header>
+{legend}
 <main id="grid">
 {cards}
 </main>

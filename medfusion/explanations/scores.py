@@ -1,17 +1,22 @@
 """How good an explanation is, against a known lesion mask (numpy only).
 
-- `pointing_game`: does the map's maximum fall inside the mask (Zhang et al. 2018)?
+- `pointing_game`: does the map's maximum fall inside the mask, or within `tolerance` pixels of it (Zhang et al.
+  2018 allow 15 pixels on 224-px images; lesions here are 3-5 pixels across, so 0 and 2 are reported)?
 - `top_fraction_iou`: IoU of the map's top 5 % pixels with the mask. Its ceiling is |mask| / (5 % of the image)
   when lesions are smaller than that (synthetic lesions: 10-26 of 1,024 pixels, a ceiling of ~0.33), so
 - `mask_size_precision` also reports the share of the map's |mask| highest pixels inside the mask (1 at best).
 - `proximity`: mean |x - x_cf| inside and outside the mask (a counterfactual should change the lesion and keep the
   rest); without a mask, over the whole image.
 - `flip_rate`: the share of counterfactuals that a judge classifies as their target class.
+- `valid_flips`: a counterfactual is a valid flip only when the judge calls it the target class AND its change
+  outside the lesion (or over the whole image) stays below a threshold: a blur or noise that fools the judge by
+  destroying the image is not an explanation.
 """
 
 import math
 
 import numpy as np
+from scipy import ndimage
 
 TOP_FRACTION = 0.05
 
@@ -24,12 +29,16 @@ def _mask(mask) -> np.ndarray:
   return mask > 0
 
 
-def pointing_game(saliency, mask) -> bool:
-  """True when the map's maximum (the first one in row-major order on ties) lies inside the mask."""
+def pointing_game(saliency, mask, tolerance: float = 0.0) -> bool:
+  """True when the map's maximum (the first one in row-major order on ties) lies inside the mask or within
+  `tolerance` pixels (Euclidean) of one of its pixels."""
   saliency, mask = np.asarray(saliency), _mask(mask)
   if saliency.shape != mask.shape:
     raise ValueError(f"map {saliency.shape} and mask {mask.shape} differ in shape")
-  return bool(mask.reshape(-1)[np.argmax(saliency)])
+  if not mask.any():
+    return False
+  peak = np.unravel_index(np.argmax(saliency), saliency.shape)
+  return bool(ndimage.distance_transform_edt(~mask)[peak] <= tolerance)
 
 
 def top_fraction_iou(saliency, mask, fraction: float = TOP_FRACTION) -> float:
@@ -84,3 +93,12 @@ def flip_rate(predictions, targets) -> float:
   if predictions.shape != targets.shape:
     raise ValueError(f"predictions {predictions.shape} and targets {targets.shape} differ in shape")
   return float(np.mean(predictions == targets)) if predictions.size else math.nan
+
+
+def valid_flips(judged, targets, changes, threshold: float) -> np.ndarray:
+  """bool [N]: the judge called counterfactual i its target class and its change (mean |x - x_cf| outside the
+  lesion mask, or over the whole image) is below `threshold`."""
+  judged, targets, changes = np.asarray(judged), np.asarray(targets), np.asarray(changes, np.float64)
+  if not judged.shape == targets.shape == changes.shape:
+    raise ValueError(f"judged {judged.shape}, targets {targets.shape} and changes {changes.shape} differ in shape")
+  return (judged == targets) & (changes < threshold)
