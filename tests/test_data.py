@@ -1,6 +1,7 @@
 """Tests of the data sources (npz, synthetic lesions, image folders) and the input pipeline."""
 
 import pathlib
+import shutil
 
 import fakes
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from PIL import Image
 
 from configs import default
-from medfusion.data import pipeline, synthetic_lesions
+from medfusion.data import image_folder, pipeline, synthetic_lesions
 from medfusion.data.errors import DataError
 from medfusion.data.medmnist import MedmnistNpz
 
@@ -261,11 +262,47 @@ def test_image_folder(tmp_path):
   assert named.labels.tolist() == [1, 1, 0, 0]  # labels follow config.data.class_names
 
 
-def test_image_folder_sixteen_bit_grayscale(tmp_path):
+def test_image_folder_reads_wide_images_and_dicom(tmp_path):
+  """16-bit and float files are stretched from their own minimum to maximum; NaN makes a file bad; DICOM goes
+  through its rescale (CT), window (MR) and photometric interpretation; multi-frame and palette DICOMs are refused."""
+  from pydicom.data import get_testdata_file
+
   root = _image_folder(tmp_path / "images", splits=("train",))
-  Image.fromarray(np.full((8, 8), 65535, np.uint16)).save(root / "train" / "cat" / "c.png")
-  split = pipeline.load_split(_folder_config(tmp_path, root), "train")
-  assert split.images[2, 8, 8, 0] == 255
+  ramp = np.arange(16 * 16).reshape(16, 16)
+  twelve_bit = (ramp * 4095 // ramp.max()).astype(np.uint16)  # a 12-bit X-ray exported as 16-bit PNG
+  Image.fromarray(twelve_bit).save(root / "train" / "cat" / "c.png")
+  Image.fromarray((ramp / ramp.max()).astype(np.float32), "F").save(root / "train" / "dog" / "c.tif")
+  for name in ("CT_small.dcm", "MR_small.dcm"):
+    shutil.copy(get_testdata_file(name), root / "train" / "dog" / name)
+  images = image_folder.read_split(str(root), "train", 1, ("cat", "dog"), "stop").images
+  # sorted per class: cat a.png, b.jpg, c.png; dog CT_small.dcm, MR_small.dcm, a.png, b.jpg, c.tif
+  sixteen, floats, ct = images[2], images[7], images[3]
+  assert sixteen.min() == 0 and sixteen.max() == 255 and 120 < sixteen.mean() < 135  # not 94 % white
+  assert floats.min() == 0 and floats.max() == 255 and 120 < floats.mean() < 135  # not all black
+  assert ct.shape == (128, 128, 1) and ct.min() == 0 and ct.max() == 255
+
+  import pydicom
+
+  mono1 = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+  mono1.PhotometricInterpretation = "MONOCHROME1"
+  mono1.save_as(root / "train" / "dog" / "MR_small_inverted.dcm")
+  folder = image_folder.read_split(str(root), "train", 1, ("cat", "dog"), "stop")
+  mr, inverted = folder.images[4], folder.images[5]
+  np.testing.assert_array_equal(inverted.astype(int), 255 - mr.astype(int))
+  window = mono1.WindowCenter, mono1.WindowWidth  # MR_small's window is narrower than its values: some clip
+  assert (mr == 255).mean() > 0.01 and window
+
+  nan = (ramp / ramp.max()).astype(np.float32)
+  nan[3, 3] = np.nan
+  Image.fromarray(nan, "F").save(root / "train" / "cat" / "nan.tif")
+  with pytest.raises(DataError, match=r"nan.tif: .*PIL mode F: 1 NaN or infinite pixel values"):
+    image_folder.read_split(str(root), "train", 1, ("cat", "dog"), "stop")
+  (root / "train" / "cat" / "nan.tif").unlink()
+  for name, message in (("SC_rgb_rle_2frame.dcm", "multi-frame DICOM"), ("examples_palette.dcm", "palette-colour")):
+    shutil.copy(get_testdata_file(name), root / "train" / "cat" / name)
+    with pytest.raises(DataError, match=f"{name}: .*{message}"):
+      image_folder.read_split(str(root), "train", 1, ("cat", "dog"), "stop")
+    (root / "train" / "cat" / name).unlink()
 
 
 def test_image_folder_bad_files(tmp_path):

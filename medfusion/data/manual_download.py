@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from medfusion.data import image_folder
 from medfusion.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -57,9 +58,12 @@ def config_name(prefix: str, options: Mapping, files: Sequence[pathlib.Path]) ->
 
 
 def read_image(path: pathlib.Path, mode: str, size: int) -> np.ndarray:
-  """Decodes an image as PIL `mode` ('L' or 'RGB') and resizes it to size x size: uint8 [size, size, C]."""
+  """Decodes an image as PIL `mode` ('L' or 'RGB') and resizes it to size x size: uint8 [size, size, C]. Images of
+  more than 8 bits are stretched to 8 as in image folders (`image_folder.stretch_to_uint8`); NaN pixels are an error."""
   with Image.open(path) as image:
     image.draft(mode, (size, size))  # JPEG: decode at the smallest DCT scale still at least size x size.
+    if image.mode in image_folder.WIDE_MODES:
+      image = Image.fromarray(image_folder.stretch_to_uint8(np.asarray(image)))
     resized = image.convert(mode).resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
   pixels = np.asarray(resized)
   return pixels[..., None] if pixels.ndim == 2 else pixels
