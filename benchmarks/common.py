@@ -31,8 +31,8 @@ YNNPACK_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dtypes", "float32,bfloat16", "Comma-separated compute dtypes.")
-flags.DEFINE_integer("repeats", 5, "Timed repeats of each measurement (the median is reported).")
-flags.DEFINE_integer("matmul_repeats", 5, "Timed repeats of the matmul that measures the CPU peak.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats of each measurement (the median is reported).", lower_bound=1)
+flags.DEFINE_integer("matmul_repeats", 5, "Timed repeats of the matmul that measures the CPU peak.", lower_bound=1)
 flags.DEFINE_string("cpu_ynnpack", "default,off", "CPU only: comma-separated config.cpu_ynnpack settings to compare.")
 flags.DEFINE_string("out_dir", "", "Folder for the JSON file. Default: benchmarks/results.")
 flags.DEFINE_string("tag", "", "Appended to the JSON file's name, so runs of one day do not replace each other.")

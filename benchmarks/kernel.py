@@ -43,17 +43,27 @@ flags.DEFINE_string(
   "Comma-separated model= presets of configs/default.py (small, paper, original_unet, dit); 'none' (early"
   " stopping only). Default: small on CPU, small,paper elsewhere.",
 )
-flags.DEFINE_integer("num_draws", 0, "K draws per image. 0: CPU small 8, paper 2; accelerator small 32, paper 8.")
-flags.DEFINE_integer("batch_size", 0, "B images per kernel call. 0: CPU small 16, paper 2; accelerator 64 / 16.")
-flags.DEFINE_integer("num_classes", 0, "C classes scored per image (synthetic). 0: the config's (2).")
-flags.DEFINE_integer("chunk_size", 0, "Model evaluations per lax.map step. 0: the config's (32).")
-flags.DEFINE_integer("loop_batch", 16, "Images per model call in the loop baseline (at most --batch_size).")
+flags.DEFINE_integer(
+  "num_draws", 0, "K draws per image. 0: CPU small 8, paper 2; accelerator small 32, paper 8.", lower_bound=0
+)
+flags.DEFINE_integer(
+  "batch_size", 0, "B images per kernel call. 0: CPU small 16, paper 2; accelerator 64 / 16.", lower_bound=0
+)
+flags.DEFINE_integer("num_classes", 0, "C classes scored per image (synthetic). 0: the config's (2).", lower_bound=0)
+flags.DEFINE_integer("chunk_size", 0, "Model evaluations per lax.map step. 0: the config's (32).", lower_bound=0)
+flags.DEFINE_integer(
+  "loop_batch", 16, "Images per model call in the loop baseline (at most --batch_size).", lower_bound=1
+)
 flags.DEFINE_string("workdir", "", "Training workdir or exported model: adds the early-stopping figure.")
 config_flags.DEFINE_config_file("config", None, "With --workdir: the config the model was trained with.")
 flags.DEFINE_string("split", "val", "Split of the workdir config's dataset scored for the early-stopping figure.")
-flags.DEFINE_integer("early_stop_images", 128, "Images of --split scored for the early-stopping figure.")
-flags.DEFINE_integer("early_stop_draws", 0, "Full budget K of the early-stopping figure. 0: the workdir config's.")
-flags.DEFINE_integer("early_stop_batch_size", 0, "Images per kernel call there. 0: the workdir config's.")
+flags.DEFINE_integer("early_stop_images", 128, "Images of --split scored for the early-stopping figure.", lower_bound=1)
+flags.DEFINE_integer(
+  "early_stop_draws", 0, "Full budget K of the early-stopping figure. 0: the workdir config's.", lower_bound=0
+)
+flags.DEFINE_integer(
+  "early_stop_batch_size", 0, "Images per kernel call there. 0: the workdir config's.", lower_bound=0
+)
 
 # (num_draws, batch_size) when the flags are 0, by (platform is CPU, model).
 # Every preset but small counts as paper scale here.

@@ -22,9 +22,11 @@ from medfusion.training import state as state_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "small", "Comma-separated presets of configs/default.py: small, paper, original_unet, dit")
-flags.DEFINE_integer("batch_size", 0, "Global batch. 0: small the config's (32); paper 2 on CPU, 8 elsewhere.")
-flags.DEFINE_integer("steps", 0, "Steps per timed repeat. 0: 3 on CPU, 10 elsewhere.")
-flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after compiling.")
+flags.DEFINE_integer(
+  "batch_size", 0, "Global batch. 0: small the config's (32); paper 2 on CPU, 8 elsewhere.", lower_bound=0
+)
+flags.DEFINE_integer("steps", 0, "Steps per timed repeat. 0: 3 on CPU, 10 elsewhere.", lower_bound=0)
+flags.DEFINE_integer("warmup_steps", 2, "Untimed steps after compiling.", lower_bound=0)
 flags.DEFINE_float(
   "torch_steps_per_s",
   0.0,

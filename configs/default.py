@@ -49,6 +49,9 @@ def base_config():
   # XLA:CPU's YNNPACK path for convolutions used one core of the reference CPU; "off" measured fastest there
   # (README, Performance). default | no_convolutions | off. Ignored on GPU/TPU.
   config.cpu_ynnpack = "off"
+  # Compiled XLA programs are kept here, so a command run again with the same shapes skips compilation; "" turns
+  # the cache off (JAX_COMPILATION_CACHE_DIR, when set, wins).
+  config.compilation_cache = "~/.cache/medfusion/jax"
 
   config.data = ml_collections.ConfigDict()
   config.data.source = "npz"  # npz | synthetic_lesions | image_folder | arrays

@@ -1,15 +1,23 @@
 """What every entry point shares: the --config flag, --help, logging, runtime settings, and one-line errors."""
 
 import importlib.util
+import json
 import logging
 import os
 import re
+import signal
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+# TensorFlow (imported where tfds data is read) otherwise prints its oneDNN notice, and absl's "before
+# absl::InitializeLog()" warning with it, once per TensorFlow library it loads: both must be set before that import.
+# Turning TF's oneDNN custom ops off leaves the data unchanged (TF only decodes and resizes here).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from medfusion import errors, runtime
+from absl import app, flags  # noqa: E402 - after the environment above
+from ml_collections import config_flags  # noqa: E402
+
+from medfusion import errors  # noqa: E402
 
 USER_ERRORS = (errors.UserError, OSError, FloatingPointError)
 
@@ -34,17 +42,33 @@ def define_model_flags(split: bool = True) -> None:
   flags.DEFINE_string("output", None, "Output folder.")
   if split:
     flags.DEFINE_string("split", "val", "Split to use (train, val, test).")
-    flags.DEFINE_integer("max_examples", 0, "Only the first N images of the split (0: all).")
+    flags.DEFINE_integer("max_examples", 0, "Only the first N images of the split (0: all).", lower_bound=0)
   flags.mark_flags_as_required(["workdir", "output"])
 
 
+def interrupts_end_start_up() -> None:
+  """SIGTERM or Ctrl-C before a command installs its own handlers (the trainer's save-and-exit) ends the process at
+  once with one line: nothing has been computed that could be saved. Call first thing in an entry point."""
+
+  def handle(signum, frame):
+    name = signal.Signals(signum).name
+    print(f"error: interrupted: {name} during start-up; nothing to save yet", file=sys.stderr, flush=True)
+    os._exit(130)
+
+  for s in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(s, handle)
+
+
 def setup(config) -> None:
-  """Logging to stderr and process-wide XLA settings; call before the first JAX operation."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (tfds data) start-up chatter
+  """Logging to stderr and process-wide XLA settings (YNNPACK, the compilation cache); call before the first JAX
+  operation."""
+  from medfusion import runtime
+
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):  # library chatter, incl. tfds and orbax via absl
     logging.getLogger(noisy).setLevel(logging.ERROR)
   runtime.configure_cpu(config.cpu_ynnpack)
+  runtime.configure_compilation_cache(config.get("compilation_cache", ""))
 
 
 def start(argv, distributed: bool = False):
@@ -55,11 +79,36 @@ def start(argv, distributed: bool = False):
   config = flags.FLAGS.config
   setup(config)
   _classes_from_names(config)
-  from medfusion import configcheck
+  from medfusion import configcheck, runtime
 
   configcheck.check(config)
+  if _config_from_workdir and not os.path.isdir(flags.FLAGS.workdir):  # also where --config was given
+    raise errors.UserError(f"--workdir={flags.FLAGS.workdir}: no such folder (a training workdir or an exported model)")
+  if "output" in flags.FLAGS and flags.FLAGS.output:
+    check_output_folder(flags.FLAGS.output)
   runtime.maybe_initialize_distributed(distributed)
   return config
+
+
+def check_output_folder(path: str) -> None:
+  """Raises UserError unless `path` is a folder this process can write into, or can be created: checked before
+  any model is loaded, by writing (and removing) a probe file in it or in its nearest existing parent."""
+  folder = os.path.abspath(os.path.expanduser(path))
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise errors.UserError(f"--output={path} is a file, not a folder")
+  existing = folder
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise errors.UserError(f"--output={path}: {existing} is a file, so the folder cannot be created")
+  probe = os.path.join(existing, f".medfusion-write-probe-{os.getpid()}")
+  try:
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    what = "is not writable" if existing == folder else f"cannot be created: {existing} is not writable"
+    raise errors.UserError(f"--output={path} {what} ({e.strerror})") from None
 
 
 def _classes_from_names(config) -> None:
@@ -99,6 +148,18 @@ def _with_stored_config(argv):
   workdir = _value(argv, "workdir")
   if workdir is None:
     fail("--workdir is required (the model's folder; its config.json is used unless --config is given)")
+  config_json = os.path.join(workdir, "config.json")
+  if not os.path.isdir(workdir):
+    fail(f"--workdir={workdir}: no such folder (a training workdir or an exported model)")
+  if not os.path.isfile(config_json):
+    fail(f"--workdir={workdir} has no config.json: not a training workdir or an exported model folder")
+  try:
+    with open(config_json) as f:
+      json.load(f)
+  except json.JSONDecodeError as e:
+    fail(f"{config_json} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}")
+  except OSError as e:
+    fail(f"{config_json}: cannot read it ({e.strerror})")
   return [argv[0], f"--config={_STORED_CONFIG}:{workdir}", *argv[1:]]
 
 

@@ -5,11 +5,16 @@ Every function is a pure function of numpy arrays. Labels are integer class ids 
 top-label ECE, risk-coverage curves, temperature scaling and the diffusion classifier's uncertainty scores.
 """
 
+import functools
+import math
+import warnings
+
 import numpy as np
 import scipy.optimize
 import scipy.special
 from numpy.typing import ArrayLike
 from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
 _MARGIN_EPS = 1e-12
 # The keys of `classification_metrics`.
@@ -53,6 +58,46 @@ def _correct_and_confidence(correct: ArrayLike, confidence: ArrayLike) -> tuple[
   return correct, confidence
 
 
+def _quiet(fn):
+  """Runs `fn` without the warnings scikit-learn and numpy give for scores a split leaves undefined (one class
+  only, a class never predicted): the results already say so (NaN, or 0 where documented)."""
+
+  @functools.wraps(fn)
+  def quiet(*args, **kwargs):
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+      warnings.simplefilter("ignore", UndefinedMetricWarning)
+      warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")  # e.g. "A single label was found"
+      warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+      return fn(*args, **kwargs)
+
+  return quiet
+
+
+# Why a score is undefined, by its name (`with_nulls`).
+UNDEFINED = {
+  "auc": "the images compared hold only one class",
+  "misclassification_auroc": "every prediction is right, or every one is wrong",
+  "sensitivity": "no image of the positive class",
+  "specificity": "every image is of the positive class",
+}
+
+
+def with_nulls(tree, path: str = ""):
+  """(tree, undefined) for strict JSON: `tree` (nested dicts and lists) with every NaN or infinite float replaced by
+  None, and {dotted path: why it is undefined} for each one replaced."""
+  if isinstance(tree, dict):
+    pairs = [(k, with_nulls(v, f"{path}.{k}" if path else str(k))) for k, v in tree.items()]
+    return {k: v for k, (v, _) in pairs}, {p: why for _, (_, u) in pairs for p, why in u.items()}
+  if isinstance(tree, (list, tuple)):
+    items = [with_nulls(v, f"{path}[{i}]") for i, v in enumerate(tree)]
+    return [v for v, _ in items], {p: why for _, u in items for p, why in u.items()}
+  if isinstance(tree, (float, np.floating)) and not math.isfinite(tree):
+    name = path.rsplit(".", 1)[-1]
+    return None, {path: f"undefined: {UNDEFINED.get(name, 'not defined on these images')}"}
+  return tree, {}
+
+
+@_quiet
 def classification_metrics(
   labels: ArrayLike, probs: ArrayLike, preds: ArrayLike | None = None, confidence: ArrayLike | None = None
 ) -> dict[str, float]:
@@ -108,6 +153,7 @@ def classification_metrics(
   }
 
 
+@_quiet
 def misclassification_auroc(correct: ArrayLike, confidence: ArrayLike) -> float:
   """How well a confidence score tells right from wrong predictions: the AUROC of `confidence` for `correct`
   (1: every right prediction is surer than every wrong one; 0.5: no better than chance; NaN if all are right or
@@ -118,6 +164,7 @@ def misclassification_auroc(correct: ArrayLike, confidence: ArrayLike) -> float:
   return float(skm.roc_auc_score(correct, confidence))
 
 
+@_quiet
 def per_class_report(labels: ArrayLike, probs: ArrayLike, preds: ArrayLike, class_names) -> dict:
   """Per class (one-vs-rest): precision, recall (sensitivity), specificity, F1, AUC and support; their macro and
   support-weighted averages; and the confusion matrix (rows: true class, columns: predicted)."""
@@ -151,6 +198,7 @@ def per_class_report(labels: ArrayLike, probs: ArrayLike, preds: ArrayLike, clas
   return {"per_class": report, **averages, "confusion_matrix": confusion.tolist()}
 
 
+@_quiet
 def one_vs_rest(labels: ArrayLike, probs: ArrayLike, preds: ArrayLike, positive: int) -> dict[str, float]:
   """Class `positive` against the rest, as a binary task: sensitivity, specificity and AUC of its probability
   (e.g. melanoma in a multi-class skin-lesion model, as the ISIC task reports), from the multi-class predictions."""

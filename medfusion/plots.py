@@ -6,7 +6,7 @@ file or the new one, never half a PNG.
 """
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -93,17 +93,42 @@ def save_line_plot_png(
 
 
 def save_xy_plot_png(
-  path: str | os.PathLike, curves: Mapping[str, tuple[ArrayLike, ArrayLike]], xlabel: str, ylabel: str, title: str
+  path: str | os.PathLike,
+  curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+  xlabel: str,
+  ylabel: str,
+  title: str,
+  point_labels: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-  """Plots named (x, y) series that do not share x (e.g. accuracy against cost for several rules) as one PNG."""
+  """Plots named (x, y) series that do not share x (e.g. accuracy against cost for several rules) as one PNG;
+  `point_labels[name]` writes a label beside each point of that series (e.g. the setting that produced it)."""
   figure, axes = _new_axes(xlabel, ylabel, title)
   for name, (x, y) in curves.items():
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape:
       raise ValueError(f"curves['{name}']: x {x.shape} and y {y.shape} differ in shape")
-    axes.plot(x, y, marker="o", markersize=3, label=name)
+    line = axes.plot(x, y, marker="o", markersize=3, label=name)[0]
+    for text, xi, yi in zip((point_labels or {}).get(name, ()), x, y, strict=False):
+      axes.annotate(text, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=line.get_color())
   if curves:
     axes.legend()
+  _save_atomically(figure, path)
+
+
+def save_labelled_grid_png(path: str | os.PathLike, pixels: np.ndarray, group_labels: Sequence[str]) -> None:
+  """A uint8 image grid [H, W, C] made of equal blocks of rows, one per group (e.g. the samples of one class), with
+  each block's label on its left."""
+  height, width = pixels.shape[:2]
+  figure = Figure(figsize=(width / 100 + 1.6, height / 100 + 0.2), dpi=100)
+  FigureCanvasAgg(figure)
+  axes = figure.add_axes((1.5 / (width / 100 + 1.6), 0.0, width / 100 / (width / 100 + 1.6), 1.0))
+  gray = pixels.shape[-1] == 1
+  axes.imshow(pixels[..., 0] if gray else pixels, cmap="gray" if gray else None, vmin=0, vmax=255)
+  block = height / len(group_labels)
+  axes.set_yticks([block * (i + 0.5) for i in range(len(group_labels))], list(group_labels))
+  axes.set_xticks([])
+  for side in axes.spines.values():
+    side.set_visible(False)
   _save_atomically(figure, path)
 
 

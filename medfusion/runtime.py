@@ -1,5 +1,5 @@
-"""Process-wide settings: the CPU's YNNPACK choice (before JAX starts), `jax.distributed` for multi-process runs,
-and compilation of run-once functions."""
+"""Process-wide settings: the CPU's YNNPACK choice (before JAX starts), the persistent compilation cache,
+`jax.distributed` for multi-process runs, and compilation of run-once functions."""
 
 import logging
 import os
@@ -28,6 +28,51 @@ def configure_cpu(ynnpack: str) -> None:
   if value is None or "xla_cpu_experimental_ynn_fusion_type" in flags:
     return
   os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type={value}".strip()
+
+
+# Programs that compile faster than this are not worth a cache file (JAX's own default is 1 s, which skips the
+# small programs every command compiles: parameter placement, gathers, the scoring of a short split).
+CACHE_MIN_COMPILE_SECONDS = 0.1
+
+
+def configure_compilation_cache(folder: str) -> str:
+  """Keeps compiled XLA programs in `folder` (`config.compilation_cache`; '~' is expanded, '' turns it off) so the
+  next command with the same shapes loads them instead of compiling again. JAX_COMPILATION_CACHE_DIR, when set,
+  wins. Returns the folder in use ('' for none); a folder that cannot be created is a warning, not an error."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+  if not folder:
+    return ""
+  folder = os.path.expanduser(folder)
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    log.warning("config.compilation_cache=%s cannot be created (%s); compiling without a cache", folder, e)
+    return ""
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
+  return folder
+
+
+# JAX's events for the three stages of compiling a program (the last includes loading it from the cache).
+_COMPILE_EVENTS = (
+  "/jax/core/compile/jaxpr_trace_duration",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration",
+  "/jax/core/compile/backend_compile_duration",
+)
+
+
+class CompileClock:
+  """Seconds this process spends tracing, lowering and compiling (or loading cached) programs from the clock's
+  creation on: what a report separates from computation."""
+
+  def __init__(self):
+    self.seconds = 0.0
+    jax.monitoring.register_event_duration_secs_listener(self._on_duration)
+
+  def _on_duration(self, event: str, seconds: float, **kwargs) -> None:
+    if event in _COMPILE_EVENTS:
+      self.seconds += seconds
 
 
 def run_once(fn, out_shardings=None):

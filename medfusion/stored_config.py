@@ -33,6 +33,10 @@ ADDED_FIELDS = {
 }
 
 
+# Top-level fields added since, with their values for older models (no effect on results).
+ADDED_TOP_LEVEL_FIELDS = {"compilation_cache": "~/.cache/medfusion/jax"}
+
+
 def _from_json(value, path=()):
   if isinstance(value, dict):
     return ml_collections.ConfigDict({k: _from_json(v, (*path, k)) for k, v in value.items()})
@@ -55,6 +59,8 @@ def get_config(workdir: str):
     if "diffusion" in stored or (section == "data" and "data" in stored):
       for key, value in fields.items():
         stored.setdefault(section, {}).setdefault(key, value)
+  for key, value in ADDED_TOP_LEVEL_FIELDS.items():
+    stored.setdefault(key, value)
   config = _from_json(stored)
   if "data" in config:
     for field in ("npz", "folder"):

@@ -123,3 +123,18 @@ def test_the_model_kind_is_read_from_model_type():
   config.model.type = "vgg"
   with pytest.raises(ConfigError, match="config.model.type='vgg' is not one of"):
     models.model_kind(config)
+
+
+def test_compilation_cache_folder(monkeypatch, tmp_path, caplog):
+  """JAX_COMPILATION_CACHE_DIR wins over config.compilation_cache; "" turns the cache off; a folder that cannot be
+  made is a warning, not an error."""
+  from medfusion import runtime
+
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+  assert runtime.configure_compilation_cache("~/.cache/medfusion/jax") == str(tmp_path / "env")
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+  assert runtime.configure_compilation_cache("") == ""
+  (tmp_path / "file").write_text("")
+  assert runtime.configure_compilation_cache(str(tmp_path / "file" / "jax")) == ""
+  assert "cannot be created" in caplog.text
+  assert default.get_config().compilation_cache == "~/.cache/medfusion/jax"

@@ -1,5 +1,6 @@
 """Tests for medfusion.metrics and medfusion.plots on small hand-made cases with known answers."""
 
+import json
 import math
 import os
 
@@ -62,11 +63,19 @@ def test_multiclass_auc_matches_sklearn_macro_ovr():
   assert metrics.classification_metrics(labels, probs)["auc"] == pytest.approx(expected)
 
 
-@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # sklearn balanced accuracy
-def test_auc_is_nan_with_one_class():
+@pytest.mark.filterwarnings("error")  # scikit-learn's warnings about undefined scores stay off the console
+def test_auc_is_nan_with_one_class_and_strict_json_says_why():
   labels = np.zeros(4, dtype=int)
   probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.7, 0.3]])
-  assert math.isnan(metrics.classification_metrics(labels, probs)["auc"])
+  result = metrics.classification_metrics(labels, probs)
+  assert math.isnan(result["auc"])
+  report = metrics.per_class_report(labels, probs, np.array([0, 0, 1, 0]), ["normal", "pneumonia"])
+  strict, undefined = metrics.with_nulls({"vote": result, "classes": report, "n": 4, "ok": [1.0, float("inf")]})
+  assert strict["vote"]["auc"] is None and strict["classes"]["per_class"]["pneumonia"]["auc"] is None
+  assert strict["n"] == 4 and strict["ok"] == [1.0, None] and strict["vote"]["accuracy"] == result["accuracy"]
+  assert undefined["vote.auc"] == "undefined: the images compared hold only one class"
+  assert "classes.per_class.pneumonia.auc" in undefined and "ok[1]" in undefined
+  json.dumps(strict, allow_nan=False)  # strict JSON
 
 
 def test_ece_two_bins_by_hand():
@@ -204,6 +213,21 @@ def test_misclassification_auroc():
   assert metrics.misclassification_auroc([True, True, False], [0.9, 0.8, 0.1]) == 1.0
   assert metrics.misclassification_auroc([True, False], [0.1, 0.9]) == 0.0
   assert math.isnan(metrics.misclassification_auroc([True, True], [0.1, 0.9]))
+
+
+def test_labelled_plots(tmp_path):
+  """Points labelled with the setting that made them (early_stop.png's delta), image grids with row labels
+  (samples.png's classes)."""
+  curves = {"rule": ([10, 20], [0.8, 0.9]), "other": ([5, 40], [0.7, 0.95])}
+  plots.save_xy_plot_png(
+    tmp_path / "xy.png", curves, "cost", "accuracy", "t", point_labels={"rule": ["δ=0.1", "δ=0.01"]}
+  )
+  grid = np.zeros((2 * 40, 120, 1), np.uint8)
+  plots.save_labelled_grid_png(tmp_path / "grid.png", grid, ["normal", "pneumonia"])
+  for name in ("xy.png", "grid.png"):
+    with Image.open(tmp_path / name) as image:
+      image.verify()
+  assert Image.open(tmp_path / "grid.png").size[0] > 120  # the labels widen it
 
 
 def test_confusion_matrix_png(tmp_path):

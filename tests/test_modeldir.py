@@ -125,6 +125,7 @@ def test_the_shipped_models_stored_config_loads_with_fields_added_since():
   config = stored_config.get_config(SHIPPED)
   configcheck.check(config)
   assert config.classify.prior == "uniform" and config.model.wavelet is False
+  assert config.compilation_cache == pneumoniamnist.get_config().compilation_cache  # the cache on, as for new models
   assert config.data.npz.endswith("data/pneumoniamnist_28.npz") and os.path.isabs(config.data.npz)
 
 

@@ -4,6 +4,7 @@ nothing when killed, and finite errors at the extremes of the schedule."""
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,6 +44,33 @@ def test_cli_rejects_bad_config_fields_in_one_line(tmp_path):
   fakes.assert_one_line_error(classes, "data.num_classes")
   fakes.assert_one_line_error(chunk, "classify.chunk_size")
   assert not os.listdir(tmp_path)  # nothing written before the config is known to be good
+
+
+def test_model_commands_check_counts_workdir_and_output_before_loading_anything(tmp_path):
+  """Negative counts, a missing workdir, a broken config.json and an --output that cannot be written are each one
+  line, found before any data or model is loaded."""
+  model = os.path.join(ROOT, "pretrained", "pneumoniamnist")
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "config.json").write_text('{\n  "seed": 0,\n  "data": {"npz": "x",}\n}\n')
+  a_file = tmp_path / "file.txt"
+  a_file.write_text("not a folder")
+  score = ["-m", "medfusion.score", "--split=val"]
+  cases = {
+    "-5 is not a non-negative integer": [*score, f"--workdir={model}", "--max_examples=-5", f"--output={tmp_path}/o"],
+    "--num=0: 0 is not a positive integer": ["-m", "medfusion.sample", f"--workdir={model}", "--num=0", "--output=o"],
+    "nowhere: no such folder": [*score, f"--workdir={tmp_path}/nowhere", f"--output={tmp_path}/o"],
+    "config.json is not valid JSON: line 3, column": [*score, f"--workdir={broken}", f"--output={tmp_path}/o"],
+    "file.txt is a file, not a folder": [*score, f"--workdir={model}", f"--output={a_file}"],
+    "file.txt is a file, so the folder cannot be created": [*score, f"--workdir={model}", f"--output={a_file}/out"],
+  }
+  if os.geteuid() != 0:  # root writes into read-only folders
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)
+    cases["read_only is not writable"] = [*score, f"--workdir={model}", f"--output={read_only}"]
+  for message, proc in zip(cases, run_pythons(list(cases.values()), check=False), strict=True):
+    fakes.assert_one_line_error(proc, message)
+    assert "Using checkpoint" not in proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +123,22 @@ def _wait_for(predicate, proc, timeout=300):
   deadline = time.time() + timeout
   while not predicate():
     if proc.poll() is not None:
-      raise AssertionError(f"process ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+      stderr = proc.stderr.read()[-3000:] if proc.stderr else ""
+      raise AssertionError(f"process ended early ({proc.returncode}): {stderr}")
     if time.time() > deadline:
       proc.kill()
       raise AssertionError("timed out")
     time.sleep(0.05)
 
 
-def _last_step(workdir):
+def _last_step(workdir, since=0.0):
+  """The last step in metrics.jsonl, among the lines logged at or after time `since`."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return 0
   with open(path) as f:
-    steps = [json.loads(line)["step"] for line in f if line.strip().endswith("}")]
-  return max(steps, default=0)
+    lines = [json.loads(line) for line in f if line.strip().endswith("}")]
+  return max((line["step"] for line in lines if line["time"] >= since), default=0)
 
 
 def _restore(config, workdir):
@@ -149,11 +179,18 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tiny_arrays):
 
   def interrupt_and_resume():
     interrupts = ((4, signal.SIGKILL), (9, signal.SIGTERM), (12, signal.SIGINT))
-    for kill_after, sig in interrupts:
-      proc = _start(args)
-      _wait_for(lambda k=kill_after: _last_step(workdir) >= k, proc)
+    for i, (kill_after, sig) in enumerate(interrupts):
+      # the signal goes to a process that is training: one that said it resumed (not one still starting, which
+      # ends at once) and logged the step itself (metrics.jsonl holds the killed run's lines until it truncates it)
+      log, started = open(tmp_path / f"run{i}.err", "w+"), time.time()
+      proc = _start(args, stderr=log)
+      _wait_for(lambda k=kill_after, t=started: _last_step(workdir, since=t) >= k, proc)
+      assert i == 0 or "Resumed from step" in (tmp_path / f"run{i}.err").read_text()
       proc.send_signal(sig)
-      _, stderr = proc.communicate(timeout=120)
+      proc.wait(timeout=120)
+      log.seek(0)
+      stderr = log.read()
+      log.close()
       if sig in (signal.SIGTERM, signal.SIGINT):  # Ctrl-C behaves like a preemption notice
         assert proc.returncode == 0, stderr[-2000:]
         assert f"{sig.name}: saved a checkpoint" in stderr and "Traceback" not in stderr, stderr[-2000:]
@@ -189,9 +226,10 @@ def _record_failure(fn, failures: list) -> None:
     failures.append(e)
 
 
-def test_second_sigterm_exits_at_once():
-  """The first SIGTERM only asks the loop to checkpoint and stop; a second one ends the process on the spot."""
-  script = """
+def test_second_sigterm_and_one_in_start_up_exit_at_once():
+  """The first SIGTERM only asks the loop to checkpoint and stop; a second one ends the process on the spot. One
+  during start-up (before the loop's handlers, as medfusion.train installs them) ends it at once with one line."""
+  twice = """
 import os, signal, time
 from medfusion.training.loop import Interrupts
 interrupts = Interrupts()
@@ -201,9 +239,19 @@ os.kill(os.getpid(), signal.SIGTERM)
 time.sleep(30)
 print("still running", flush=True)
 """
-  proc = run_python(["-c", script], check=False, timeout=60)
-  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
-  assert proc.stdout.strip() == "after first: True"  # never "still running"
+  start_up = """
+import os, signal, time
+from medfusion import cli
+cli.interrupts_end_start_up()
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(30)
+print("still running", flush=True)
+"""
+  twice, start_up = run_pythons([["-c", twice], ["-c", start_up]], check=False, timeout=60)
+  assert twice.returncode == 128 + signal.SIGTERM, twice.stderr[-2000:]
+  assert twice.stdout.strip() == "after first: True"  # never "still running"
+  assert start_up.returncode == 130 and not start_up.stdout, start_up
+  assert start_up.stderr.strip() == "error: interrupted: SIGTERM during start-up; nothing to save yet", start_up.stderr
 
 
 def test_scoring_killed_at_random_moments_loses_nothing(tmp_path, lesion_model, lesion_arrays):
@@ -230,12 +278,19 @@ def test_scoring_killed_at_random_moments_loses_nothing(tmp_path, lesion_model, 
   ]
   partial = os.path.join(output, "scores.partial.csv")
   rng = np.random.default_rng(0)
-  for _ in range(2):
-    proc = _start(args)
-    _wait_for(lambda: os.path.exists(partial) and os.path.getsize(partial) > 200, proc)
+  for sig in (signal.SIGKILL, signal.SIGINT):  # killed at any moment; Ctrl-C says what it kept, on its own line
+    before = os.path.getsize(partial) if os.path.exists(partial) else 0
+    proc = _start(args)  # signalled once it has written a block of its own
+    _wait_for(lambda b=before: os.path.exists(partial) and os.path.getsize(partial) > max(b, 200), proc)
     time.sleep(rng.uniform(0.0, 1.0))
-    proc.kill()
-    proc.communicate()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate()
+    if sig == signal.SIGINT:
+      assert proc.returncode == 130, stderr[-3000:]
+      last = stderr.strip().splitlines()[-1]
+      assert re.fullmatch(r"error: interrupted: \d+ of 64 images are kept \(\d+ of them in this run\) in .*", last), (
+        last
+      )
   run_python(args)
   with open(os.path.join(reference, "scores.csv")) as f, open(os.path.join(output, "scores.csv")) as g:
     assert list(csv.reader(f)) == list(csv.reader(g))

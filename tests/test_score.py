@@ -42,7 +42,7 @@ def test_outputs(scored):
   assert all(int(r["nfe"]) == k * c for r in rows)
   assert all(int(r["votes_healthy"]) + int(r["votes_lesion"]) == k for r in rows)
   with open(os.path.join(output, "metrics.json")) as f:
-    metrics = json.load(f)
+    metrics = json.load(f, parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}: not strict JSON"))
   for name in ("vote", "mean"):
     assert set(metrics[name]) >= {
       "accuracy",
@@ -66,7 +66,7 @@ def test_outputs(scored):
 def test_interrupted_scoring_resumes_without_duplicates(scored, tmp_path, monkeypatch):
   config, workdir, output, _ = scored
   config = config.copy_and_resolve_references()
-  config.classify.batch_size = 4  # blocks of 16 images: the crash lands after 2 of 4 blocks
+  config.classify.batch_size = 4  # blocks of 4 images first, then up to 16 (split_scoring.BlockSizes)
   resumed_dir = str(tmp_path / "resumed")
   append = split_scoring.PartialScores.append
   calls = []
@@ -80,7 +80,7 @@ def test_interrupted_scoring_resumes_without_duplicates(scored, tmp_path, monkey
   monkeypatch.setattr(split_scoring.PartialScores, "append", crash_after_two_blocks)
   with pytest.raises(KeyboardInterrupt):
     split_scoring.score_split(config, workdir, "val", resumed_dir)
-  assert len(read_csv(os.path.join(resumed_dir, "scores.partial.csv"))) == 32
+  assert len(read_csv(os.path.join(resumed_dir, "scores.partial.csv"))) == sum(calls) >= 8
   monkeypatch.setattr(split_scoring.PartialScores, "append", append)
   split_scoring.score_split(config, workdir, "val", resumed_dir)
   # Each image once, with the uninterrupted run's scores (which used another batch size: scores depend on it only
@@ -176,6 +176,8 @@ def test_score_without_config_uses_the_models_own(scored, tmp_path, tfds_dir):
     ]
   )
   assert "Using checkpoint" in proc.stderr and f"(step {LESION_STEPS}, best)" in proc.stderr
+  assert split_scoring.TIMING_LOG in proc.stderr  # where the time went
+  assert "oneDNN" not in proc.stderr and "InitializeLog" not in proc.stderr  # TensorFlow's start-up notices
   first = read_csv(os.path.join(output, "scores.csv"))[:8]
   again = read_csv(os.path.join(tmp_path, "scores.csv"))
   assert [r["votes_lesion"] for r in again] == [r["votes_lesion"] for r in first]
@@ -218,3 +220,18 @@ def test_in_memory_scoring_matches_batch_scoring(scored):
   for aggregator in ("vote", "mean"):
     for metric in ("accuracy", "auc", "ece", "aurc"):
       np.testing.assert_allclose(in_memory[aggregator][metric], result[aggregator][metric], rtol=1e-9)
+
+
+def test_scoring_blocks_and_batches_fit_the_work():
+  """Blocks last about BLOCK_SECONDS in whole batches (one to four); a split smaller than a batch is not padded
+  beyond what the devices need."""
+  assert split_scoring.block_size(64, images_per_second=0.5, seconds=60) == 64  # slow: one batch
+  assert split_scoring.block_size(64, images_per_second=2.2, seconds=60) == 128
+  assert split_scoring.block_size(64, images_per_second=100.0, seconds=60) == 256  # fast: at most four
+  assert split_scoring.scoring_batch_size(64, n=8, devices=1) == 8
+  assert split_scoring.scoring_batch_size(64, n=9, devices=8) == 16
+  assert split_scoring.scoring_batch_size(64, n=500, devices=1) == 64
+  assert split_scoring._interrupted_message(0, 0, 64, "P").startswith("stopped before the first block")
+  assert split_scoring._interrupted_message(20, 4, 64, "P") == (
+    "20 of 64 images are kept (16 of them in this run) in P; run the same command again to score the other 44"
+  )

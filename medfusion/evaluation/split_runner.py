@@ -5,7 +5,7 @@ images with the same draws.
 """
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -31,10 +31,15 @@ def progress_bar(total: int, desc: str, initial: int = 0, enabled: bool = True) 
 
 
 def classify_split(
-  classifier: DiffusionClassifier, split: pipeline.Split, n: int, block: int, skip=(), progress=None
+  classifier: DiffusionClassifier,
+  split: pipeline.Split,
+  n: int,
+  block: int | Callable[[], int],
+  skip=(),
+  progress=None,
 ) -> Iterator[Totals]:
-  """Totals of images [0, n) of `split` except the indices in `skip`, one block of up to `block` images at a
-  time (a block is the unit a resumable run keeps)."""
+  """Totals of images [0, n) of `split` except the indices in `skip`, in order, one block of up to `block` images
+  at a time (a block is the unit a resumable run keeps); `block` may be a function giving each next block's size."""
 
   def score(images, index, label, progress):
     return Totals.from_tally(classifier.score(images, index, progress), index, label)
@@ -42,15 +47,16 @@ def classify_split(
   return run_blocks(score, split, n, block, skip, progress)
 
 
-def run_blocks(score, split: pipeline.Split, n: int, block: int, skip=(), progress=None):
+def run_blocks(score, split: pipeline.Split, n: int, block: int | Callable[[], int], skip=(), progress=None):
   """`score(images, index, label, progress)` of images [0, n) of `split` except the indices in `skip`, in order,
   one block at a time (see classify_split); images are float32 in [-1, 1]. Any classifier (evaluation/predictors.py)
   goes through a split this way."""
-  skip = np.asarray(sorted(skip), dtype=np.int64)
-  for batch in pipeline.eval_batches(split, block, 0, n):
-    keep = batch["valid"] & ~np.isin(batch["index"], skip)
-    if keep.any():
-      yield score(batch["image"][keep], batch["index"][keep], batch["label"][keep], progress)
+  todo = np.setdiff1d(np.arange(min(n, len(split.labels))), np.asarray(list(skip), dtype=np.int64))
+  while len(todo):
+    index, todo = np.split(todo, [block() if callable(block) else block])
+    part = pipeline.Split(split.images[index], split.labels[index], None)
+    (batch,) = pipeline.eval_batches(part, len(index))
+    yield score(batch["image"], index, batch["label"], progress)
 
 
 def collect(blocks: Iterator):

@@ -1,11 +1,11 @@
 """Batch scoring of a split with a trained model (the diffusion classifier or a ResNet, evaluation/predictors.py):
 scores.csv, metrics.json, risk_coverage.png.
 
-Scoring runs in blocks of images; each finished block's totals are appended to `OUT/scores.partial.csv` and
-flushed to disk, so a run killed at any moment and started again with the same arguments continues after the last
-complete block. Nothing is written before the first block is scored; the final files are written atomically at
-the end, each image exactly once, and everything in them is computed from the stored totals, so a resumed run's
-files equal an uninterrupted one's.
+Scoring runs in blocks of images sized to last about a minute (the first is one batch); each finished block's totals
+are appended to `OUT/scores.partial.csv` and flushed to disk, so a run killed at any moment and started again with
+the same arguments continues after the last complete block. Nothing is written before the first block is scored;
+the final files are written atomically at the end, each image exactly once, and everything in them is computed from
+the stored totals, so a resumed run's files equal an uninterrupted one's.
 """
 
 import csv
@@ -13,11 +13,13 @@ import io
 import json
 import logging
 import os
+import time
 
 import jax
+import jax.experimental.multihost_utils
 import numpy as np
 
-from medfusion import metrics, modeldir, plots
+from medfusion import metrics, modeldir, plots, runtime
 from medfusion.data import pipeline
 from medfusion.errors import Interrupted, UserError
 from medfusion.evaluation import predictors, report, split_runner
@@ -61,22 +63,23 @@ class PartialScores:
     return {int(r[0]): r for r in rows if len(r) == len(self.header)}
 
   def append(self, totals) -> None:
+    """Writes a finished block's rows to disk (process 0), then counts them as done: an interrupt during the write
+    leaves a torn line that the next run cuts off, and is never reported as kept."""
     rows = self.predictor.partial_rows(totals)
+    if jax.process_index() == 0:  # every process holds the same totals; process 0 writes them
+      if not os.path.exists(self.path):
+        os.makedirs(self.output, exist_ok=True)
+        write_json_atomic(self.settings_path, self.fingerprint)
+        with open(self.path, "w") as f:
+          f.write(",".join(self.header) + "\n")
+      buffer = io.StringIO()
+      csv.writer(buffer, lineterminator="\n").writerows(rows)
+      with open(self.path, "a") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
     for row in rows:
       self.done[int(row[0])] = [str(x) for x in row]
-    if jax.process_index() != 0:  # every process holds the same totals; process 0 writes them
-      return
-    if not os.path.exists(self.path):
-      os.makedirs(self.output, exist_ok=True)
-      write_json_atomic(self.settings_path, self.fingerprint)
-      with open(self.path, "w") as f:
-        f.write(",".join(self.header) + "\n")
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    with open(self.path, "a") as f:
-      f.write(buffer.getvalue())
-      f.flush()
-      os.fsync(f.fileno())
 
   def totals(self, num_classes: int):
     """The stored totals of every image done, sorted by index."""
@@ -91,11 +94,58 @@ class PartialScores:
         os.remove(path)
 
 
+AGGREGATOR_TITLES = {"vote": "majority vote of the draws", "mean": "lowest mean error", "softmax": "softmax argmax"}
+BLOCK_SECONDS = 60.0  # a scoring block (the unit a resumed run keeps) lasts about this long
+
+
+class BlockSizes:
+  """Sizes of successive scoring blocks: the first is one batch, so Ctrl-C after the first minute already keeps
+  work; each next one is as many whole batches as the last block's pace scores in `BLOCK_SECONDS` (one to four
+  batches: larger blocks repack the images adaptive stopping leaves into fuller batches). With several processes,
+  process 0's choice is used by all (the kernel calls are collective)."""
+
+  def __init__(self, batch_size: int, seconds: float = BLOCK_SECONDS):
+    self.batch_size, self.seconds = batch_size, seconds
+    self._started, self._size = None, batch_size
+
+  def next(self) -> int:
+    now = time.monotonic()
+    if self._started is not None:
+      self._size = block_size(self.batch_size, self._size / (now - self._started), self.seconds)
+      if jax.process_count() > 1:
+        self._size = int(jax.experimental.multihost_utils.broadcast_one_to_all(np.int32(self._size)))
+    self._started = now
+    return self._size
+
+
+def block_size(batch_size: int, images_per_second: float, seconds: float) -> int:
+  """Whole batches scored in `seconds` at `images_per_second`, between one and four batches."""
+  return batch_size * int(np.clip(images_per_second * seconds // batch_size, 1, 4))
+
+
+def scoring_batch_size(batch_size: int, n: int, devices: int) -> int:
+  """`config.classify.batch_size`, or less where the split has fewer images: the fewest rows that hold all `n`
+  images and split evenly over the devices (padding rows cost as much as images)."""
+  return min(batch_size, -(-n // devices) * devices)
+
+
+def _interrupted_message(done: int, done_before: int, n: int, path: str) -> str:
+  """What an interrupted scoring run kept, and how to go on."""
+  if done == 0:
+    return "stopped before the first block of images was scored: nothing was kept; the same command starts again"
+  new = f" ({done - done_before} of them in this run)" if done_before else ""
+  return f"{done} of {n} images are kept{new} in {path}; run the same command again to score the other {n - done}"
+
+
 def score_split(config, workdir: str, split_name: str, output: str, max_examples: int = 0) -> dict:
-  """Scores `split_name` with the workdir's best checkpoint into `output`; returns metrics.json's content."""
+  """Scores `split_name` with the workdir's best checkpoint into `output`; returns metrics.json's content. Logs
+  where the time went (`TIMING_LOG`)."""
+  clock = Stopwatch()
   split = pipeline.load_split(config.data, split_name)
   n = len(split.labels) if max_examples <= 0 else min(max_examples, len(split.labels))
+  clock.lap("data")
   model = modeldir.load(config, workdir)
+  clock.lap("model")
   temperature, temperature_source = modeldir.temperature(config, workdir, model.step)
   class_names = list(config.data.class_names)
   fingerprint = {
@@ -106,18 +156,19 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
     "data": config.data.to_dict() | {"class_names": class_names},
     "seed": config.seed,
   }
-  predictor = predictors.make(config, model)  # the diffusion classifier or a ResNet
+  batch_size = scoring_batch_size(predictors.batch_size(config), n, jax.device_count())
+  predictor = predictors.make(config, model, batch_size)  # the diffusion classifier or a ResNet
   fingerprint.update(predictor.settings())
   partial = PartialScores(output, class_names, json.loads(json.dumps(fingerprint, default=list)), predictor)
+  done_before = len(partial.done)
   try:
-    with split_runner.progress_bar(n, f"score {split_name}", initial=len(partial.done)) as bar:
-      for totals in split_runner.run_blocks(
-        predictor.score, split, n, predictor.batch_size * 4, skip=partial.done, progress=bar.update
-      ):
+    with split_runner.progress_bar(n, f"score {split_name}", initial=done_before) as bar:
+      blocks = BlockSizes(batch_size)
+      for totals in split_runner.run_blocks(predictor.score, split, n, blocks.next, partial.done, bar.update):
         partial.append(totals)
   except KeyboardInterrupt:
-    kept = f"{len(partial.done)} of {n} images are kept in {partial.path}" if partial.done else "nothing was written"
-    raise Interrupted(f"{kept}; run the same command again to continue") from None
+    raise Interrupted(_interrupted_message(len(partial.done), done_before, n, partial.path)) from None
+  clock.lap("network")
 
   totals = partial.totals(len(class_names))
   if temperature is None:
@@ -144,17 +195,43 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
     }
   )
   _write_scores_csv(os.path.join(output, "scores.csv"), *predictor.table(class_names, totals, columns))
-  write_json_atomic(os.path.join(output, "metrics.json"), result)
+  strict, undefined = metrics.with_nulls(result)  # strict JSON: null, and why, for scores the split leaves undefined
+  write_json_atomic(os.path.join(output, "metrics.json"), strict | ({"undefined": undefined} if undefined else {}))
   plots.save_risk_coverage_png(
     os.path.join(output, "risk_coverage.png"),
     predictor.curves(totals, columns),
     f"{split_name}: risk vs coverage (n={result['n']})",
   )
   if len(class_names) > 2:
-    confusion = result[predictor.rows[0]]["classes"]["confusion_matrix"]
-    plots.save_confusion_matrix_png(os.path.join(output, "confusion_matrix.png"), confusion, class_names, split_name)
+    row = predictor.rows[0]  # the aggregator whose predictions the matrix counts
+    confusion = result[row]["classes"]["confusion_matrix"]
+    title = f"{split_name}, {AGGREGATOR_TITLES.get(row, row)}"
+    plots.save_confusion_matrix_png(os.path.join(output, "confusion_matrix.png"), confusion, class_names, title)
   partial.remove()
+  clock.lap("writing")
+  log.info("%s %s", TIMING_LOG, json.dumps(clock.laps))
   return result
+
+
+# The log line benchmarks.score reads: seconds of data loading, model loading, network evaluations and writing, each
+# without compilation, and of compilation (tracing, lowering and XLA, or loading from the compilation cache).
+TIMING_LOG = "Seconds spent:"
+
+
+class Stopwatch:
+  """Wall seconds of named consecutive phases, less the compilation within them, which `laps['compilation']`
+  totals."""
+
+  def __init__(self):
+    self.compiling = runtime.CompileClock()
+    self.laps = {"compilation": 0.0}
+    self._last, self._compiled = time.perf_counter(), 0.0
+
+  def lap(self, name: str) -> None:
+    now, compiled = time.perf_counter(), self.compiling.seconds
+    self.laps[name] = round(self.laps.get(name, 0.0) + (now - self._last) - (compiled - self._compiled), 3)
+    self.laps["compilation"] = round(compiled, 3)
+    self._last, self._compiled = now, compiled
 
 
 def _fit_or_fall_back(config, workdir: str, step: int, split_name: str, totals, whole: bool = True):

@@ -60,7 +60,8 @@ class Interrupts:
     if self.requested:
       os._exit(128 + signum)
     self.received = signal.Signals(signum).name
-    log.warning("%s: finishing the current step, then saving a checkpoint (again to exit at once)", self.received)
+    with tqdm.tqdm.external_write_mode():  # on a line of its own, not inside the progress bar's
+      log.warning("%s: finishing the current step, then saving a checkpoint (again to exit at once)", self.received)
 
   def restore(self):
     for s, previous in self._previous.items():
@@ -191,6 +192,31 @@ def train_loop(config, workdir: str, mesh, state, parts: Parts, evaluators, ckpt
     ckpts.close()
     writer.close()
   return state
+
+
+def finished_summary(workdir: str, best_metric: str, eval_split: str, diffusion: bool) -> str:
+  """Where the finished run's best checkpoint is, its metric, and what to run next."""
+  best = os.path.join(workdir, "best")
+  steps = sorted(int(d) for d in os.listdir(best) if d.isdigit()) if os.path.isdir(best) else []
+  if not steps:
+    where = f"no best checkpoint ({best_metric} was never logged); the latest is in {workdir}/checkpoints"
+  else:
+    values = []
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      for line in f:
+        record = json.loads(line)
+        if record["step"] == steps[-1] and best_metric in record:
+          values.append(record[best_metric])
+    value = f"{best_metric} = {values[-1]:.4g}" if values else f"{best_metric} not logged"
+    where = f"best checkpoint: {best}/{steps[-1]} (step {steps[-1]}, {value})"
+  if diffusion:
+    then = (
+      f"next: python -m medfusion.score --workdir={workdir} --split={eval_split} "
+      f"--output={workdir}/scores_{eval_split} (then medfusion.explain, or medfusion.export to ship it)"
+    )
+  else:
+    then = f"its metrics on the whole eval split: {workdir}/metrics_val.json"
+  return f"Training finished. {where}\n{then}"
 
 
 def on_any_process(*flags: bool) -> tuple[bool, ...]:
