@@ -130,6 +130,10 @@ def test_protocol_keeps_28px_images_close_and_checks_arguments():
   image = _texture(28, 1)
   out = C.corrupt(image, C.Corruption("pneumoniamnist", "brightness_down", 1), 0, 0)  # factor 0.9
   assert abs(out.astype(float).mean() - 0.9 * image.mean()) < 3
+  control = C.resample(image)  # the protocol's resampling alone: a slight smoothing
+  assert (
+    control.shape == image.shape and control.dtype == np.uint8 and 0 < np.abs(control - image.astype(float)).mean() < 8
+  )
   with pytest.raises(ValueError, match="not in the pneumoniamnist set"):
     C.Corruption("pneumoniamnist", "characters", 1)
   with pytest.raises(ValueError, match="outside 1..5"):

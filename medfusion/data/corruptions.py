@@ -373,6 +373,18 @@ def corrupt(image: np.ndarray, corruption: Corruption, seed: int, index: int) ->
   return np.asarray(out).reshape(image.shape)
 
 
+def resample(image: np.ndarray) -> np.ndarray:
+  """The protocol without a corruption: up to 224 (bicubic) and back (box filter), greyscale kept; the control that
+  separates a corruption's effect from the resampling's."""
+  image = np.asarray(image)
+  grey = image.ndim == 2 or image.shape[2] == 1
+  pil = Image.fromarray(image.reshape(image.shape[:2]) if grey else image)
+  if pil.size == (PROTOCOL_SIZE, PROTOCOL_SIZE):
+    return image.copy()
+  up = pil.resize((PROTOCOL_SIZE, PROTOCOL_SIZE), Image.BICUBIC)
+  return np.asarray(up.resize(pil.size, Image.BOX)).reshape(image.shape)
+
+
 def corrupt_images(images: np.ndarray, indices, corruption: Corruption, seed: int) -> np.ndarray:
   """Images [N, H, W, C] uint8, image i corrupted with index `indices[i]`; uint8 of the same shape."""
   return np.stack([corrupt(image, corruption, seed, index) for image, index in zip(images, indices, strict=True)])

@@ -1,0 +1,87 @@
+"""medfusion.shift end to end on the shipped PneumoniaMNIST model and its ResNet-18 judge (4 images, 2 draws), its
+resume, its summary arithmetic and its one-line errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_python
+
+from medfusion import stored_config
+from medfusion.errors import UserError
+from medfusion.evaluation import shift
+
+MODEL = os.path.join(ROOT, "pretrained", "pneumoniamnist")
+JUDGE = os.path.join(MODEL, "judge")
+
+
+def _config():
+  config = stored_config.get_config(MODEL)
+  config.classify.num_draws = 2
+  config.classify.draws_per_round = 1
+  config.classify.batch_size = 4
+  return config
+
+
+def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monkeypatch):
+  out = str(tmp_path / "shift")
+  args = dict(max_examples=4, corruption_list="brightness_down,gaussian_noise", severity_list="1,5", compare=JUDGE)
+  result = shift.run(_config(), MODEL, "val", out, store_errors=True, **args)
+
+  cells = ["clean", "resampled", "brightness_down_1", "brightness_down_5", "gaussian_noise_1", "gaussian_noise_5"]
+  assert result["n"] == 4 and result["corruption_set"] == "pneumoniamnist"
+  assert set(result["results"]["model"]) == set(cells) == set(result["results"]["reference"])
+  for cell in cells:
+    for agg in ("vote", "mean"):
+      row = result["results"]["model"][cell][agg]
+      assert set(shift.REPORTED) <= set(row) and row["nfe_per_image"] == 4.0  # 2 classes x 2 draws, full budget
+    assert result["results"]["reference"][cell]["softmax"]["nfe_per_image"] == 1.0
+  stored = np.load(os.path.join(out, "cells", "model", "brightness_down_5.npz"))
+  assert stored["errors"].shape == (4, 2, 2) and stored["t"].shape == (4, 2)
+  # the errors reproduce the stored votes, so stopping rules can be replayed per cell
+  np.testing.assert_array_equal(shift.totals_from_errors(stored["errors"], stored["label"]).votes, stored["votes"])
+  assert os.path.getsize(os.path.join(out, "shift.png")) > 0
+
+  summary = result["summary"]["model"]["vote"]
+  scores = result["results"]["model"]
+  expected = np.mean([1 - scores[f"brightness_down_{s}"]["vote"]["balanced_accuracy"] for s in (1, 5)])
+  assert summary["balanced_error"]["brightness_down"] == pytest.approx(expected)
+  assert summary["relative_balanced_error"]["brightness_down"] == pytest.approx(
+    expected - summary["clean_balanced_error"]
+  )
+  reference = result["summary"]["reference"]["softmax"]["balanced_error"]["brightness_down"]
+  if reference > 0:
+    assert summary["normalised_balanced_error"]["brightness_down"] == pytest.approx(expected / reference)
+
+  # a rerun scores nothing and writes the same result
+  def refuse(*_):
+    raise AssertionError("a finished cell was scored again")
+
+  monkeypatch.setattr(shift.ModelUnderTest, "score", refuse)
+  again = shift.run(_config(), MODEL, "val", out, store_errors=True, **args)
+  assert json.dumps(again, sort_keys=True) == json.dumps(result, sort_keys=True)
+  with pytest.raises(UserError, match="other settings"):  # other classify settings, same folder
+    config = _config()
+    config.classify.num_draws = 4
+    shift.run(config, MODEL, "val", out, store_errors=True, **args)
+
+
+def test_cells_and_their_errors():
+  cells = shift.parse_cells("pneumoniamnist", "pixelate, gamma_up", "3,1")
+  assert [c.key for c in cells] == ["clean", "resampled", "pixelate_1", "pixelate_3", "gamma_up_1", "gamma_up_3"]
+  assert len(shift.parse_cells("dermamnist", "", "1,2,3,4,5")) == 2 + 15 * 5
+  with pytest.raises(UserError, match="'characters' is not a pneumoniamnist corruption"):
+    shift.parse_cells("pneumoniamnist", "characters", "1")
+  with pytest.raises(UserError, match="severities must lie in 1..5"):
+    shift.parse_cells("pneumoniamnist", "", "0,1")
+  with pytest.raises(UserError, match="comma-separated integers"):
+    shift.parse_cells("pneumoniamnist", "", "high")
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+  proc = run_python(
+    ["-m", "medfusion.shift", f"--workdir={MODEL}", f"--output={tmp_path}", "--severities=6"], check=False
+  )
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --severities=")
+  assert len(proc.stderr.strip().splitlines()) == 1 and not os.listdir(tmp_path)
