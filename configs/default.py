@@ -69,7 +69,7 @@ def base_config():
   config.data.on_bad_file = "stop"  # stop | skip (image folders)
   # Training-batch augmentation, deterministic for the seed: none | flips | flips_rot90 (all 8 flips and 90-degree
   # rotations; label-preserving for skin lesions, not for chest X-rays, which are not left-right symmetric), and
-  # '+'-joined terms affine | intensity | corrupt[:families] (MedMNIST-C corruptions; medfusion/data/pipeline.py).
+  # '+'-joined terms affine | intensity | corrupt[:families] (MedMNIST-C corruptions; medfusion/data/augmentation.py).
   config.data.augment = "none"
 
   config.train = ml_collections.ConfigDict()

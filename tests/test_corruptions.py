@@ -4,6 +4,7 @@ parameters are, and each one what its definition says on a hand-made image."""
 import numpy as np
 import pytest
 
+from medfusion.data import augmentation
 from medfusion.data import corruptions as C
 
 ALL = [(dataset, name) for dataset in C.SETS for name in C.PARAMETERS[dataset]]
@@ -160,12 +161,11 @@ def _batches(split, augment, seed=0, start=0, steps=3, process_index=0, process_
 
 
 def test_augment_spec_parses_and_names_bad_terms():
-  from medfusion.data import pipeline
   from medfusion.errors import ConfigError
 
-  spec = pipeline.parse_augment("flips+affine+intensity+corrupt:noise,blur")
+  spec = augmentation.parse("flips+affine+intensity+corrupt:noise,blur")
   assert (spec.flips, spec.affine, spec.intensity, spec.corrupt) == ("flips", True, True, ("noise", "blur"))
-  assert pipeline.parse_augment("corrupt").corrupt == tuple(C.FAMILIES) and not pipeline.parse_augment("none").extras
+  assert augmentation.parse("corrupt").corrupt == tuple(C.FAMILIES) and not augmentation.parse("none").extras
   for bad, match in (
     ("flips+rotate", "bad term 'rotate'"),
     ("flips+flips_rot90", "at most one"),
@@ -173,7 +173,7 @@ def test_augment_spec_parses_and_names_bad_terms():
     ("affine:noise", "bad term"),
   ):
     with pytest.raises(ConfigError, match=match):
-      pipeline.parse_augment(bad)
+      augmentation.parse(bad)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -194,17 +194,15 @@ def test_augmented_batches_are_a_function_of_seed_and_position(channels):
 
 
 def test_each_augmentation_term_does_what_it_says():
-  from medfusion.data import pipeline
-
   split = _split()
   images, positions = split.images[:8], np.arange(8)
-  affine = pipeline.apply_extra_augmentation(images, positions, 0, pipeline.Augment(affine=True))
+  affine = augmentation.apply_extras(images, positions, 0, augmentation.Augment(affine=True))
   assert affine.dtype == np.uint8 and not np.array_equal(affine, images)
   assert (affine[:, 16, 16].astype(int) - images[:, 16, 16]).std() < 40  # small moves: the centre stays similar
-  intensity = pipeline.apply_extra_augmentation(images, positions, 0, pipeline.Augment(intensity=True))
+  intensity = augmentation.apply_extras(images, positions, 0, augmentation.Augment(intensity=True))
   ratio = intensity.reshape(8, -1).mean(1) / images.reshape(8, -1).mean(1)
   assert np.all(np.abs(ratio - 1) <= 0.11) and not np.allclose(ratio, 1)
   many = np.repeat(images[:1], 200, axis=0)
-  corrupted = pipeline.apply_extra_augmentation(many, np.arange(200), 0, pipeline.Augment(corrupt=("color",)))
+  corrupted = augmentation.apply_extras(many, np.arange(200), 0, augmentation.Augment(corrupt=("color",)))
   share = np.mean(np.any(corrupted != many, axis=(1, 2, 3)))
   assert 0.35 < share < 0.65  # about half the images get a corruption

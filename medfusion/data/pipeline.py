@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from medfusion.data import image_folder
+from medfusion.data import augmentation, image_folder
 from medfusion.data.errors import DataError
 from medfusion.errors import ConfigError
 from medfusion.writers import write_npz_atomic
@@ -26,20 +26,6 @@ _RESIZE_CHUNK = 1024  # images resized per call, bounding the float32 copy
 SOURCES = ("npz", "synthetic_lesions", "image_folder", "arrays", "chexpert", "isic")
 FITS = ("pad", "resize")
 ON_BAD_FILE = ("stop", "skip")
-# Label-preserving training augmentations (config.data.augment): none; flips (each image flipped left-right and
-# up-down, each with probability 1/2); flips_rot90 (also transposed with probability 1/2: a uniform draw from the
-# 8 flips and 90-degree rotations of the square, right for dermoscopy where orientation carries no meaning).
-AUGMENTATIONS = ("none", "flips", "flips_rot90")
-# Further terms, joined to one of those (or alone) with '+', e.g. 'flips+affine+intensity+corrupt:noise,blur':
-# affine (every image rotated by up to 10 degrees, scaled by 0.9-1.1 and shifted by up to 2 pixels, bilinear, zero
-# fill), intensity (every image's contrast about its mean and then its brightness each times 0.9-1.1) and corrupt
-# (half the images get one MedMNIST-C corruption at a severity drawn from 1..5, from the families after the colon,
-# default all: corruptions.FAMILIES; the dataset's set by channels: greyscale PneumoniaMNIST's, RGB DermaMNIST's;
-# applied to the model-resolution image under corruptions.PROTOCOL, up to 224 and back).
-AUGMENT_TERMS = ("affine", "intensity", "corrupt")
-AFFINE_DEGREES, AFFINE_SCALE, AFFINE_SHIFT = 10.0, 0.1, 2.0
-INTENSITY_JITTER = 0.1
-CORRUPT_PROBABILITY = 0.5
 # CheXpert's findings other than No Finding: the choices of config.data.chexpert.finding.
 CHEXPERT_FINDINGS = (
   "Enlarged Cardiomediastinum",
@@ -66,7 +52,7 @@ def check_data_config(data_config) -> None:
   for field, choices in fields:
     if data_config[field] not in choices:
       raise ConfigError(f"config.data.{field}={data_config[field]!r} is not one of {choices}")
-  parse_augment(data_config.augment)
+  augmentation.parse(data_config.augment)
   for field in ("num_classes", "num_channels", "image_size"):
     if not data_config[field] > 0:
       raise ConfigError(f"config.data.{field}={data_config[field]!r} must be positive")
@@ -285,122 +271,6 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng((seed, epoch)).permutation(num_examples)
 
 
-@dataclasses.dataclass(frozen=True)
-class Augment:
-  """config.data.augment parsed: the flips term and the further terms (`AUGMENT_TERMS`)."""
-
-  flips: str = "none"
-  affine: bool = False
-  intensity: bool = False
-  corrupt: tuple[str, ...] = ()  # MedMNIST-C families; empty: no corruptions
-
-  @property
-  def extras(self) -> bool:
-    return self.affine or self.intensity or bool(self.corrupt)
-
-
-def parse_augment(augment: str) -> Augment:
-  """config.data.augment ('none', 'flips', 'flips_rot90', optionally '+'-joined with 'affine', 'intensity',
-  'corrupt[:family,family]') as an Augment; ConfigError naming the bad term."""
-  from medfusion.data import corruptions
-
-  where = f"config.data.augment={augment!r}"
-  fields, flips = {}, []
-  for term in [t.strip() for t in str(augment).split("+")]:
-    name, _, families = term.partition(":")
-    if name in AUGMENTATIONS:
-      flips.append(name)
-    elif name in AUGMENT_TERMS and name not in fields and (name == "corrupt" or not families):
-      chosen = tuple(f.strip() for f in families.split(",") if f.strip()) or tuple(corruptions.FAMILIES)
-      unknown = [f for f in chosen if f not in corruptions.FAMILIES]
-      if name == "corrupt" and unknown:
-        raise ConfigError(f"{where}: unknown corruption families {unknown}; choose from {tuple(corruptions.FAMILIES)}")
-      fields[name] = chosen if name == "corrupt" else True
-    else:
-      raise ConfigError(
-        f"{where}: bad term {term!r}; expected one of {AUGMENTATIONS} and/or {AUGMENT_TERMS} joined with '+' "
-        "(each once; 'corrupt:noise,blur' picks families)"
-      )
-  if len(flips) > 1:
-    raise ConfigError(f"{where}: give at most one of {AUGMENTATIONS}")
-  return Augment(flips[0] if flips else "none", **fields)
-
-
-def augmentation_draws(num_examples: int, seed: int, epoch: int, augment: str) -> np.ndarray:
-  """Per position of epoch `epoch`, which of the `augment` flips it gets (see `apply_augmentation`): a pure
-  function of (seed, epoch), like `epoch_order`, so a resumed run augments exactly as an uninterrupted one."""
-  flips = parse_augment(augment).flips
-  if flips == "none":
-    return np.zeros(num_examples, np.int64)
-  return np.random.default_rng((seed, epoch, 1)).integers(0, 4 if flips == "flips" else 8, num_examples)
-
-
-def apply_augmentation(images: np.ndarray, draws: np.ndarray) -> np.ndarray:
-  """Transforms square images [N, S, S, C] by draw: bit 0 flips left-right, bit 1 up-down, bit 2 transposes."""
-  out = images.copy()
-  for draw in np.unique(draws):
-    rows = draws == draw
-    group = images[rows]
-    if draw & 4:
-      group = group.transpose(0, 2, 1, 3)
-    if draw & 1:
-      group = group[:, :, ::-1]
-    if draw & 2:
-      group = group[:, ::-1]
-    out[rows] = group
-  return out
-
-
-def _affine(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """A random small rotation, scaling and shift about the centre (bilinear, zero fill) of one uint8 [S, S, C]."""
-  import scipy.ndimage
-
-  angle = np.deg2rad(rng.uniform(-AFFINE_DEGREES, AFFINE_DEGREES))
-  scale = rng.uniform(1 - AFFINE_SCALE, 1 + AFFINE_SCALE)
-  shift = rng.uniform(-AFFINE_SHIFT, AFFINE_SHIFT, 2)
-  inverse = np.array([[np.cos(angle), np.sin(angle)], [-np.sin(angle), np.cos(angle)]]) / scale
-  centre = (np.array(image.shape[:2]) - 1) / 2
-  offset = centre - inverse @ (centre + shift)
-  out = np.stack(
-    [
-      scipy.ndimage.affine_transform(image[..., c].astype(np.float32), inverse, offset, order=1, cval=0.0)
-      for c in range(image.shape[2])
-    ],
-    axis=-1,
-  )
-  return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def _intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Contrast about the image's mean, then brightness, each scaled by a factor in 1 +- INTENSITY_JITTER."""
-  contrast, brightness = rng.uniform(1 - INTENSITY_JITTER, 1 + INTENSITY_JITTER, 2)
-  x = image.astype(np.float32)
-  x = (x.mean() + contrast * (x - x.mean())) * brightness
-  return np.clip(np.round(x), 0, 255).astype(np.uint8)
-
-
-def apply_extra_augmentation(images: np.ndarray, positions: np.ndarray, seed: int, augment: Augment) -> np.ndarray:
-  """The affine, intensity and corruption terms of `augment` on uint8 images [N, S, S, C], image i drawn from
-  (seed, positions[i]): its position in the endless training stream, so a resumed or resharded run draws the same."""
-  from medfusion.data import corruptions
-
-  dataset = "pneumoniamnist" if images.shape[-1] == 1 else "dermamnist"
-  names = [
-    c for family in augment.corrupt for c in corruptions.FAMILIES[family] if c in corruptions.PARAMETERS[dataset]
-  ]
-  out = images.copy()
-  for i, position in enumerate(positions):
-    rng = np.random.default_rng((seed, int(position), 2))
-    if augment.affine:
-      out[i] = _affine(out[i], rng)
-    if augment.intensity:
-      out[i] = _intensity(out[i], rng)
-    if names and rng.uniform() < CORRUPT_PROBABILITY:
-      corruption = corruptions.Corruption(dataset, names[rng.integers(len(names))], int(rng.integers(1, 6)))
-      out[i] = corruptions.corrupt(out[i], corruption, seed, int(position))
-  return out
-
-
 def train_batches(
   split: Split,
   global_batch_size: int,
@@ -414,15 +284,15 @@ def train_batches(
 
   Global batch s holds stream positions i = s*B + j (j < B); position i is example
   epoch_order(N, seed, i // N)[i % N], a fresh permutation per epoch, transformed by
-  augmentation_draws(N, seed, i // N, augment)[i % N] and then by the further terms drawn from (seed, i)
-  (`apply_extra_augmentation`). Yields
+  augmentation.flip_draws(N, seed, i // N, augment)[i % N] and then by the further terms drawn from (seed, i)
+  (`augmentation.apply_extras`). Yields
   {"image": float32 [B/P, S, S, C] in [-1, 1], "label": int32 [B/P]}.
   """
   if global_batch_size % process_count:
     raise ValueError(f"global batch size {global_batch_size} is not divisible by {process_count} processes")
   num_examples, local_batch_size = len(split.labels), global_batch_size // process_count
-  augmentation_draws(0, seed, 0, augment)  # a bad name fails here, not at the first batch
-  parsed = parse_augment(augment)
+  augmentation.flip_draws(0, seed, 0, augment)  # a bad name fails here, not at the first batch
+  parsed = augmentation.parse(augment)
   if parsed.corrupt and split.images.shape[-1] not in (1, 3):
     raise ConfigError(
       f"config.data.augment={augment!r}: corruptions need 1 or 3 channels, not {split.images.shape[-1]}"
@@ -433,7 +303,7 @@ def train_batches(
 
 
 def _train_batches(split, global_batch_size, local_batch_size, seed, start_step, process_index, num_examples, augment):
-  parsed = parse_augment(augment)
+  parsed = augmentation.parse(augment)
   epochs_seen = {}  # epoch -> (permutation, augmentation draws), for the (at most two) epochs the batch spans
   for step in range(start_step, np.iinfo(np.int64).max):
     rows = step * global_batch_size + process_index * local_batch_size + np.arange(local_batch_size)
@@ -441,7 +311,7 @@ def _train_batches(split, global_batch_size, local_batch_size, seed, start_step,
     epochs_seen = {
       e: epochs_seen[e]
       if e in epochs_seen
-      else (epoch_order(num_examples, seed, e), augmentation_draws(num_examples, seed, e, augment))
+      else (epoch_order(num_examples, seed, e), augmentation.flip_draws(num_examples, seed, e, augment))
       for e in np.unique(epochs)
     }
     indices, transforms = np.empty(local_batch_size, np.int64), np.empty(local_batch_size, np.int64)
@@ -450,9 +320,9 @@ def _train_batches(split, global_batch_size, local_batch_size, seed, start_step,
       transforms[epochs == epoch] = draws[positions[epochs == epoch]]
     images = split.images[indices]
     if parsed.flips != "none":
-      images = apply_augmentation(images, transforms)
+      images = augmentation.apply_flips(images, transforms)
     if parsed.extras:
-      images = apply_extra_augmentation(images, rows, seed, parsed)
+      images = augmentation.apply_extras(images, rows, seed, parsed)
     yield {"image": images.astype(np.float32) / 127.5 - 1.0, "label": split.labels[indices]}
 
 
