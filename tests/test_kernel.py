@@ -112,10 +112,14 @@ def test_nan_image_is_rejected(setup):
 @pytest.mark.parametrize("adaptive", ["sequential", "predictive"])
 def test_early_stopping_through_the_classifier(setup, adaptive):
   """Each image's tally is that of the first `draws` draws of the full error tensor, and it stopped at the first
-  look where the rule said so (delta = 0.5 makes unanimous images stop after 4 of 8 draws, or 2 for `predictive`)."""
+  look where the rule said so (delta = 0.5 makes unanimous images stop after 4 of 8 draws; `predictive`, whose mean
+  part waits for aggregate.PREDICTIVE_MEAN_MIN_DRAWS draws, gets 16)."""
   config, _, params, images = setup
   config = config.copy_and_resolve_references()
   config.classify.update(adaptive=adaptive, draws_per_round=2, delta=0.5)
+  if adaptive == "predictive":
+    config.classify.num_draws = 16
+    assert aggregate.PREDICTIVE_MEAN_MIN_DRAWS < 16
   indices = np.array([7, 0, 3, 11])
   clf = classifier.DiffusionClassifier(config, params)
   finished = []
