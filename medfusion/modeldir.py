@@ -164,8 +164,9 @@ def calibration_key(config, step: int) -> dict:
   }
 
 
-def _read_fits(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, CALIBRATION_FILE)
+def _read_fits(workdir: str, filename: str = CALIBRATION_FILE) -> list[dict]:
+  """The keyed fits stored in `workdir/filename` (calibration.json, weighting.json); none when it is absent."""
+  path = os.path.join(workdir, filename)
   if not os.path.exists(path):
     return []
   with open(path) as f:
@@ -202,24 +203,16 @@ WEIGHTING_FILE = "weighting.json"
 
 def weighting_key(config, step: int) -> dict:
   """What a fitted timestep weighting depends on: everything the temperature does, and its form."""
-  return calibration_key(config, step) | {"weighting": config.classify.get("weighting", "none")}
-
-
-def _read_weightings(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, WEIGHTING_FILE)
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return json.load(f).get("fits", [])
+  return calibration_key(config, step) | {"weighting": config.classify.weighting}
 
 
 def stored_weighting(workdir: str, key: dict) -> dict | None:
   """The weighting (`TimestepWeighting.to_json()`) fitted with exactly these settings, if one was stored."""
-  return next((f["weighting"] for f in _read_weightings(workdir) if f["key"] == key), None)
+  return next((f["weighting"] for f in _read_fits(workdir, WEIGHTING_FILE) if f["key"] == key), None)
 
 
 def store_weighting(workdir: str, key: dict, weighting: dict, fitted_on: str, n: int) -> None:
   """Adds (or replaces) the weighting for `key` in `workdir/weighting.json`; `fitted_on` says which draws."""
-  fits = [f for f in _read_weightings(workdir) if f["key"] != key]
+  fits = [f for f in _read_fits(workdir, WEIGHTING_FILE) if f["key"] != key]
   fits.append({"key": key, "weighting": weighting, "fitted_on": fitted_on, "n": int(n)})
   write_json_atomic(os.path.join(workdir, WEIGHTING_FILE), {"fits": fits})
