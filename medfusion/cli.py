@@ -68,7 +68,7 @@ def setup(config) -> None:
   for noisy in ("absl", "jax._src", "orbax", "tensorflow"):  # library chatter, incl. tfds and orbax via absl
     logging.getLogger(noisy).setLevel(logging.ERROR)
   runtime.configure_cpu(config.cpu_ynnpack)
-  runtime.configure_compilation_cache(config.get("compilation_cache", ""))
+  runtime.configure_compilation_cache(config.compilation_cache)
 
 
 def start(argv, distributed: bool = False):

@@ -430,7 +430,7 @@ def sweep_split(
     result["prune"] = prune_sweep(errors, labels, prune_schedules(k, errors.shape[1]))
   if reorderings > 0:
     result["reordered"] = _reordered(config, workdir, step, errors, labels, reorderings)
-  if config.classify.get("weighting", "none") != "none":
+  if config.classify.weighting != "none":
     result["weighting"] = _weighting(config, workdir, step, errors, t, labels, split_name, store_weighting)
   os.makedirs(output, exist_ok=True)
   write_npz_atomic(os.path.join(output, "errors.npz"), errors=errors, t=t, labels=labels)
