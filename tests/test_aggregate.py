@@ -112,7 +112,7 @@ def test_predictive_vote_part_disagrees_with_the_full_budget_at_most_delta():
   like the shipped models' (most images near-unanimous), the share of images whose vote when the vote part first
   says stop differs from the full budget's is at most delta; it stops far sooner than the budget."""
   rng = np.random.default_rng(0)
-  k, delta, n = 64, 0.05, 6000
+  k, delta, n = 64, 0.05, 3000
   slack = 3 * np.sqrt(delta * (1 - delta) / n)
   for name, p in {"uniform": rng.random(n), "U-shaped": rng.beta(0.3, 0.3, n)}.items():
     votes = _streams(p, k, rng)

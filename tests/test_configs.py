@@ -63,10 +63,11 @@ def test_smoke_config_trains_and_scores_unmodified(name, tmp_path, tfds_dir, dow
     logged = set().union(*(json.loads(line) for line in f))
   assert config.train.best_metric in logged
   assert os.listdir(os.path.join(workdir, "best"))
-  if kind == "diffusion":
-    result = split_scoring.score_split(config, workdir, config.data.eval_split, str(tmp_path / "out"), max_examples=8)
+  if kind == "diffusion":  # the evaluator's images: at the full budget, the kernel it compiled
+    n = config.evals.classify.num_examples
+    result = split_scoring.score_split(config, workdir, config.data.eval_split, str(tmp_path / "out"), max_examples=n)
     available = len(pipeline.load_split(config.data, config.data.eval_split).labels)
-    assert result["n"] == min(8, available) and result["checkpoint"] == "best"
+    assert result["n"] == min(n, available) and result["checkpoint"] == "best"
     assert os.path.exists(tmp_path / "out" / "scores.csv")
 
 

@@ -195,11 +195,26 @@ def test_intensity_is_the_normalised_brightness():
   assert m[5, 11] == 1.0 and m[0, 0] == 0.0
 
 
+def host_init(model, shape):
+  """Variables of `model` drawn on the host (He-scaled normal kernels, unit scales and variances, zero biases and
+  means): initialising through JAX would compile a program per initializer and shape."""
+  rng = np.random.default_rng(0)
+
+  def draw(path, leaf):
+    name = str(getattr(path[-1], "key", path[-1]))
+    if name == "kernel":
+      return (rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))).astype(np.float32)
+    return np.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, np.float32)
+
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
+  return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
 @pytest.fixture(scope="module")
 def resnet():
   config = ResNetConfig(num_classes=2, width=4, image_size=16)
   model = ResNet(config)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))
+  variables = host_init(model, (1, 16, 16, 1))
   images = np.random.default_rng(1).uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32)
   return model, variables, images
 
@@ -210,7 +225,9 @@ def test_grad_cam_is_cam_for_a_global_average_pooled_head(resnet):
   cams = saliency.grad_cam(model, variables, images, targets, "stage4")
   assert cams.shape == (3, 16, 16) and cams.min() >= 0 and cams.max() <= 1
   # With global average pooling and one dense layer, Grad-CAM's weights are the dense kernel's column (CAM).
-  _, state = model.apply(variables, images, capture_intermediates=True, mutable=["intermediates"])
+  _, state = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]))(
+    variables, images
+  )
   features = np.asarray(state["intermediates"]["BasicBlock_7"]["__call__"][0])
   kernel = np.asarray(variables["params"]["Dense_0"]["kernel"])
   for i, t in enumerate(targets):
@@ -238,7 +255,7 @@ def test_grad_cam_layers_are_named_by_stage(resnet):
 def test_input_gradient_is_the_logit_gradient(resnet):
   model, variables, images = resnet
   saliency_maps = saliency.gradient_map(model, variables, images, np.array([1, 0, 1]), "input_gradient", sigma=0.0)
-  grad = jax.grad(lambda x: model.apply(variables, x)[0, 1])(jnp.asarray(images[:1]))
+  grad = jax.jit(jax.grad(lambda x: model.apply(variables, x)[0, 1]))(jnp.asarray(images[:1]))
   np.testing.assert_allclose(saliency_maps[0], maps.normalise(np.abs(np.asarray(grad))[0, ..., 0]), atol=1e-5)
 
 
@@ -247,8 +264,9 @@ def test_integrated_gradients_add_up_to_the_logit_change_and_smoothgrad_averages
   targets = jnp.array([1, 0, 1])
   fns = saliency._jitted(model)
   attribution = np.asarray(fns["integrated_gradients"](variables, jnp.asarray(images), targets))
-  logits = model.apply(variables, jnp.asarray(images))[jnp.arange(3), targets]
-  black = model.apply(variables, -jnp.ones_like(images))[jnp.arange(3), targets]
+  apply = jax.jit(model.apply)
+  logits = apply(variables, jnp.asarray(images))[jnp.arange(3), targets]
+  black = apply(variables, -jnp.ones_like(images))[jnp.arange(3), targets]
   # completeness (Sundararajan et al. 2017), up to the Riemann sum's error
   np.testing.assert_allclose(attribution.sum(axis=(1, 2, 3)), logits - black, rtol=0.05, atol=0.05)
   smooth = np.asarray(fns["smoothgrad"](variables, jnp.asarray(images), targets, jax.random.key(0)))

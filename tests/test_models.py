@@ -43,7 +43,7 @@ def tiny(name: str):
 def perturbed(params):
   """Parameters plus noise, so the zero-initialised output layers do not hide the classes."""
   rng = np.random.default_rng(0)  # host-side noise: jax.random per leaf would compile
-  return jax.tree.map(lambda p: p + 0.05 * rng.standard_normal(p.shape, np.float32), params)
+  return jax.tree.map(lambda p: np.asarray(p) + 0.05 * rng.standard_normal(p.shape, np.float32), params)
 
 
 def parameter_count(config) -> int:
@@ -65,9 +65,9 @@ def test_wavelet_wrapper_errors_equal_wavelet_space_errors():
   """Diffusing pixels then transforming is diffusing the transform, and MSE errors are the same in both spaces."""
   _, model, _, _, state = tiny("wavelet_unet")
   params = perturbed(state.params)
-  keys = jax.random.split(jax.random.key(1), 2)
-  x = jax.random.uniform(keys[0], (3, 16, 16, 1), minval=-1, maxval=1)
-  eps = jax.random.normal(keys[1], x.shape)
+  rng = np.random.default_rng(1)  # host-side draws: jax.random outside jit compiles each function
+  x = rng.uniform(-1, 1, (3, 16, 16, 1)).astype(np.float32)
+  eps = rng.standard_normal(x.shape, np.float32)
   logsnr, labels = jnp.array([-3.0, 0.0, 4.0]), jnp.array([0, 1, 2])
   z = schedules.diffuse(x, eps, logsnr)
   np.testing.assert_allclose(wavelet.haar(z), schedules.diffuse(wavelet.haar(x), wavelet.haar(eps), logsnr), atol=1e-6)
@@ -85,7 +85,7 @@ def test_wavelet_wrapper_errors_equal_wavelet_space_errors():
 def test_dit_starts_at_zero_and_returns_float32():
   config, _, _, _, state = tiny("dit")
   params, noisy = state.params, perturbed(state.params)
-  z = jax.random.normal(jax.random.key(2), (2, 16, 16, 1))
+  z = np.random.default_rng(2).standard_normal((2, 16, 16, 1), np.float32)
   logsnr, labels = jnp.array([-1.0, 2.0]), jnp.array([0, 2])
   for dtype in ("float32", "bfloat16"):
     apply = jax.jit(make_denoiser(config, dtype).apply)

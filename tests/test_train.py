@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -75,15 +76,21 @@ def test_checkpoint_round_trip_restores_equal_arrays(trained):
   assert sorted(os.listdir(os.path.join(workdir, "best"))) != []
 
 
-def test_resume_continues_at_the_right_step(trained, caplog):
-  config, workdir, _ = trained
-  config = smoke_config(config.data.tfds_data_dir, steps=45, log_every=1, learning_rate=2e-3, eval_every=20)
+def test_resume_continues_at_the_right_step(trained, tmp_path, caplog):
+  """The trained run with its last checkpoint gone resumes at step 20 (the same config: its train step compiled
+  once) and ends where the uninterrupted run ended."""
+  config, workdir, state = trained
+  resumed = tmp_path / "run"
+  shutil.copytree(workdir, resumed)
+  shutil.rmtree(resumed / "checkpoints" / "40")
   with caplog.at_level(logging.INFO, logger="medfusion"):
-    state = diffusion_trainer.train_and_evaluate(config, workdir)
-  assert "Resumed from step 40" in caplog.text
-  assert int(state.step) == 45
-  steps = [r["step"] for r in read_metrics(workdir) if "loss" in r]
-  assert steps == list(range(1, 46))
+    again = diffusion_trainer.train_and_evaluate(config, str(resumed))
+  assert "Resumed from step 20" in caplog.text
+  assert int(again.step) == 40
+  steps = [r["step"] for r in read_metrics(resumed) if "loss" in r]
+  assert steps == list(range(1, 41))
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(again.params), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_eight_simulated_devices_give_the_same_losses(tfds_dir, tiny_arrays):
