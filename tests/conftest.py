@@ -1,7 +1,11 @@
 """Test setup: repository root on sys.path (for `configs`), a persistent XLA compilation cache shared with the
 subprocesses the tests start (identical programs compile once per suite), quiet TensorFlow."""
 
+import contextlib
+import fcntl
+import json
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -100,14 +104,45 @@ def run_pythons(args_list, env_extra=None, timeout=600, check=True) -> list:
   return StartedPythons(args_list, env_extra).results(timeout, check)
 
 
+def run_folder(tmp_path_factory) -> pathlib.Path:
+  """This test run's temporary folder, shared by its pytest-xdist workers (each has its own below it)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@contextlib.contextmanager
+def locked(path):
+  """An exclusive lock on the file `path` (the workers of one run take turns)."""
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def lesion_model(tmp_path_factory, tfds_dir):
   """(config, workdir) of the smoke UNet at 8 channels (without attention) trained for LESION_STEPS steps on
-  synthetic_lesions:smoke."""
-  from configs import synthetic_lesions
+  synthetic_lesions:smoke; trained once per run, by the first worker that asks (its data folder is used by all)."""
   from medfusion.training import diffusion_trainer
 
-  workdir = str(tmp_path_factory.mktemp("lesions"))
+  shared = run_folder(tmp_path_factory)
+  workdir, trained_with = shared / "lesion_model", shared / "lesion_model.json"
+  with locked(shared / "lesion_model.lock"):
+    if trained_with.exists():
+      tfds_dir = json.loads(trained_with.read_text())["tfds_data_dir"]
+    config = lesion_config(tfds_dir)
+    if not trained_with.exists():
+      diffusion_trainer.train_and_evaluate(config, str(workdir))
+      trained_with.write_text(json.dumps({"tfds_data_dir": tfds_dir}))
+  return config, str(workdir)
+
+
+def lesion_config(tfds_dir: str):
+  """The lesion_model fixture's config."""
+  from configs import synthetic_lesions
+
   config = synthetic_lesions.get_config("smoke")
   config.data.tfds_data_dir = tfds_dir
   config.model.attention_resolutions = ()  # compiles faster; lesions are local, no attention needed
@@ -118,8 +153,7 @@ def lesion_model(tmp_path_factory, tfds_dir):
   config.evals.loss.every = LESION_STEPS
   config.evals.classify.every = LESION_STEPS
   config.train.checkpoint_every = LESION_STEPS
-  diffusion_trainer.train_and_evaluate(config, workdir)
-  return config, workdir
+  return config
 
 
 @pytest.fixture(scope="session")
