@@ -93,6 +93,8 @@ def test_paper_preset_is_303m_parameters_built_abstractly():
     ("classify.min_draws", -1, "classify.min_draws=-1 must be a non-negative integer"),
     ("train.best_metric", "val/accuracy", "best_metric"),
     ("data.fit", "crop", "data.fit"),
+    ("data.num_classes", 0, "data.num_classes"),
+    ("classify.chunk_size", 1, "classify.chunk_size"),
   ],
 )
 def test_typed_specs_name_the_bad_field(field, value, fragment):

@@ -470,6 +470,7 @@ def test_explain_command_writes_panels_gallery_and_metrics(lesion_model, lesion_
   config, workdir = lesion_model
   output = tmp_path / "out"
   args = [*cli_flags(config, workdir), "--split=val", "--max_examples=16", "--num=4"]
+  args.append("--config.explain.faithfulness_steps=2")  # every curve, at three points each
   proc, bad = run_pythons(
     [
       [
@@ -546,6 +547,9 @@ def test_explain_without_masks_reports_flip_rates_and_whole_image_proximity(lesi
 # --- The shipped synthetic-lesions model and judge ----------------------------------------------------------------
 
 
+FAITHFULNESS_STEPS = 5  # the shipped fixture's deletion and insertion curves: pixels in 20 % steps
+
+
 @pytest.fixture(scope="module")
 def shipped(tfds_dir, lesion_judge, tmp_path_factory):
   """--evaluate on the first 8 test images (4 with a lesion) with pretrained/synthetic_lesions and its judge, at a
@@ -556,7 +560,7 @@ def shipped(tfds_dir, lesion_judge, tmp_path_factory):
   config = stored_config.get_config(workdir)
   config.data.update(synthetic_config="smoke", tfds_data_dir=tfds_dir)  # test images i are those of the full build
   config.classify.update(num_draws=8, batch_size=8)
-  config.explain.update(batch_size=16, faithfulness_steps=10)  # 25 sampler steps each way, as shipped
+  config.explain.update(batch_size=16, faithfulness_steps=FAITHFULNESS_STEPS)  # 25 sampler steps each way, as shipped
   out = tmp_path_factory.mktemp("shipped")
   result = run.explain_split(config, workdir, "test", str(out), 8, judge_workdir=lesion_judge, evaluate=True)
   with np.load(out / "explanations.npz") as f:
@@ -598,7 +602,7 @@ def test_deletion_curves_of_a_random_map_sit_at_the_reference(shipped):
   ex = types.SimpleNamespace(
     images=images, maps={"other": np.stack([maps.random_map((32, 32), 7 + i) for i in range(8)])}
   )
-  out = evaluate.faithfulness_scores(ex, judge.probabilities, classes, 10, ["other"])
+  out = evaluate.faithfulness_scores(ex, judge.probabilities, classes, FAITHFULNESS_STEPS, ["other"])
   reference = metrics["faithfulness_judge"]["random"]
   assert out["random"] == reference  # the same images, steps and seeds give the same reference
   assert abs(out["other"]["deletion_auc"] - reference["deletion_auc"]) < 0.1
