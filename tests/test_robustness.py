@@ -159,13 +159,12 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tiny_arrays):
   """Killed three times (SIGKILL, possibly mid-save; SIGTERM; SIGINT); the end state equals an uninterrupted
   run's. The data are arrays (no TensorFlow to start in each process); the uninterrupted run trains here while the
   interrupted one runs."""
-  # test_train's run (40 steps at learning rate 2e-3, evaluations every 20): its train step, compiled once. After the
-  # SIGINT at step 12 the run has steps, saves and evaluations left to stop in.
-  overrides = {"steps": 40, "learning_rate": 2e-3, "checkpoint_every": 3, "log_every": 1, "progress_bar": False}
+  # 24 steps: after the SIGINT at step 12, the run has a dozen steps (and two saves, an evaluation) left to stop in
+  overrides = {"steps": 24, "checkpoint_every": 3, "log_every": 1, "progress_bar": False}
   config = train_losses_script.tiny_config("")
   config.data.update(source="arrays", folder=tiny_arrays)
   config.train.update(overrides)
-  config.evals.loss.every = config.evals.classify.every = 20
+  config.evals.loss.every = config.evals.classify.every = 10
 
   workdir = str(tmp_path / "interrupted")
   args = [
@@ -179,8 +178,8 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tiny_arrays):
     "--config.model.channel_mult=(1,2)",
     "--config.model.attention_resolutions=()",
     *[f"--config.train.{k}={v}" for k, v in overrides.items()],
-    "--config.evals.loss.every=20",
-    "--config.evals.classify.every=20",
+    "--config.evals.loss.every=10",
+    "--config.evals.classify.every=10",
   ]
 
   def interrupt_and_resume():
