@@ -171,3 +171,17 @@ def tiny_arrays(tmp_path_factory, tfds_dir):
     split = pipeline.load_split(data, name)
     np.savez(folder / f"{name}.npz", images=split.images, labels=split.labels)
   return str(folder)
+
+
+@pytest.fixture(scope="session")
+def lesion_arrays(lesion_model, tmp_path_factory):
+  """A folder with the val split of the lesion_model fixture's data as arrays (config.data.source='arrays'): the
+  commands that read it import no TensorFlow."""
+  import numpy as np
+
+  from medfusion.data import pipeline
+
+  folder = tmp_path_factory.mktemp("lesion_arrays")
+  val = pipeline.load_split(lesion_model[0].data, "val")
+  np.savez(folder / "val.npz", images=val.images, labels=val.labels)
+  return str(folder)
