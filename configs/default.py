@@ -194,14 +194,15 @@ def get_config(arg: str = ""):
   config.explain.faithfulness_steps = 20  # deletion/insertion curves: pixels removed or revealed in 5 % steps
   config.explain.faithfulness_draws = 0  # > 0: also the diffusion classifier's curves, on this many draws (costly)
 
-  # Validation loss of the EMA model on fixed draws of the first `num_examples` eval images.
+  # Validation loss of the EMA model on fixed draws of the first `num_examples` images of the eval split's half A
+  # (`half`: the checkpoint is chosen on half A, so that half B reports it; 'all' for the whole split).
   config.evals.loss = ml_collections.ConfigDict(
-    {"type": "denoising_loss", "every": 250, "prefix": "val/", "num_examples": 256, "batch_size": 128}
+    {"type": "denoising_loss", "every": 250, "prefix": "val/", "num_examples": 256, "half": "A", "batch_size": 128}
   )
   # The diffusion classifier (config.classify, at the full budget of `num_draws` draws) on the first
-  # `num_examples` eval images: val/vote_accuracy, val/mean_auc, ...
+  # `num_examples` images of half A: val/vote_accuracy, val/mean_auc, ...
   config.evals.classify = ml_collections.ConfigDict(
-    {"type": "diffusion_classifier", "every": 500, "prefix": "val/", "num_examples": 128, "num_draws": 8}
+    {"type": "diffusion_classifier", "every": 500, "prefix": "val/", "num_examples": 128, "half": "A", "num_draws": 8}
   )
   return apply_args(config, args)
 

@@ -3,7 +3,8 @@ r"""ResNet-18 baseline on DermaMNIST: the data settings of configs/dermamnist.py
   python -m medfusion.train --config=configs/dermamnist_resnet.py --workdir=runs/derma_resnet
 
 1,650 steps at batch 128 are 30 epochs of the 7,007 training images; metrics_val.json and predictions_val.npz in the
-workdir hold the best checkpoint (by val macro AUC) on the whole val split. `:smoke` trains width 8 for 10 steps.
+workdir hold the best checkpoint (by macro AUC on val half A) on the whole val split and on each half.
+`:smoke` trains width 8 for 10 steps.
 """
 
 from configs import default, dermamnist, pneumoniamnist_resnet
@@ -20,5 +21,5 @@ def get_config(arg: str = ""):
     config.train.steps = 1650
     config.train.warmup_steps = 55  # one epoch
     config.train.checkpoint_every = 330
-    config.evals.classify.update(every=55)  # the whole val split (1,003 images) once per epoch
+    config.evals.classify.update(every=55)  # val half A (501 images) once per epoch
   return config

@@ -19,5 +19,5 @@ def get_config(arg: str = ""):
     config.train.steps = 320
     config.train.warmup_steps = 16  # one epoch
     config.train.checkpoint_every = 80
-    config.evals.classify.update(every=16, num_examples=256)  # the whole val split once per epoch
+    config.evals.classify.update(every=16, num_examples=256)  # val half A once per epoch
   return config

@@ -2,7 +2,7 @@ r"""The adaptive stopping default chosen without tuning on what it reports (issu
 
   python docs/stopping_protocol.py docs/pneumoniamnist/errors_val_k64.npz
 
-The split's images are halved (`draw_analysis.half_split`, seed 0, stratified by class). On one half every candidate
+The split's images are halved (`pipeline.half_split`, seed 0, stratified by class). On one half every candidate
 rule (the predictive rule over delta, round size R, minimum draws M, and the confidence floors that keep an image
 going while the full budget could still rank it among the uncertain ones) is replayed on `--select_orders` orders
 of the draws; the cheapest that meets `draw_analysis.STOPPING_TARGET` against the full budget on that half is

@@ -8,7 +8,7 @@ r"""Test-time symmetries (`classify.symmetries=flips_rot90`) against plain draws
 Both sweeps use the same (t, noise) draws; the second also shows draw k the image under one of the 8 symmetries of
 the square. Per aggregator (mean error: softmax(-mean error / T) with T fitted on the other half of the images;
 vote: vote shares) and prior (uniform; the training split's class frequencies, mean only): macro AUC, accuracy and
-balanced accuracy on each half (`draw_analysis.half_split`, seed 0), with the paired 95 % bootstrap interval of the
+balanced accuracy on each half (`pipeline.half_split`, seed 0), with the paired 95 % bootstrap interval of the
 gain (500 resamples of the half's images). Prints JSON.
 """
 
@@ -20,7 +20,8 @@ import weighting_replay  # docs/weighting_replay.py: scores() and the paired boo
 
 from medfusion import metrics
 from medfusion.classify import aggregate
-from medfusion.evaluation import draw_analysis, report
+from medfusion.data import pipeline
+from medfusion.evaluation import report
 
 
 def probabilities(errors, labels, fit_idx, rep_idx, prior):
@@ -46,7 +47,7 @@ def main():
   with np.load(args.npz) as data:
     train_prior = report.class_prior("train", data["train_labels"].reshape(-1), plain["errors"].shape[1])
   rng = np.random.default_rng(0)
-  halves = draw_analysis.half_split(labels, seed=0)
+  halves = pipeline.half_split(labels, seed=0)
   rows = []
   for name, (fit_idx, rep_idx) in (("A", halves), ("B", halves[::-1])):
     for prior_name, prior in (("uniform", None), ("train", train_prior)):

@@ -6,7 +6,7 @@ r"""Timestep weighting of the mean-error decision, measured on stored draws with
 
 Every weighting (medfusion/classify/weighting.py) and the shipped mean aggregator (mean error over the draws with t
 in [t_min, t_max], temperature fitted on the fit half) are fitted on one half of the split
-(`draw_analysis.half_split`, seed 0) and scored on the other, both directions. Per row: macro AUC, accuracy and
+(`pipeline.half_split`, seed 0) and scored on the other, both directions. Per row: macro AUC, accuracy and
 balanced accuracy on the reporting half, at the uniform prior and at the training split's class frequencies
 (`--npz`'s train labels), with 95 % bootstrap intervals over the reporting half's images (500 resamples) and the
 paired bootstrap interval of the gain over the shipped aggregator. Prints JSON.
@@ -25,6 +25,7 @@ from scipy import stats
 
 from medfusion import metrics
 from medfusion.classify import weighting
+from medfusion.data import pipeline
 from medfusion.evaluation import draw_analysis, report
 
 ROWS = (  # name, form, offsets
@@ -122,7 +123,7 @@ def main():
     errors, t, labels = stored["errors"].astype(np.float64), stored["t"], stored["labels"]
   with np.load(args.npz) as data:
     train_prior = report.class_prior("train", data["train_labels"].reshape(-1), errors.shape[1])
-  a, b = draw_analysis.half_split(labels, args.seed)
+  a, b = pipeline.half_split(labels, args.seed)
   rng = np.random.default_rng(args.seed)
   result = {"n": int(len(labels)), "halves": [int(len(a)), int(len(b))], "seed": args.seed}
   for name, fit_idx, rep_idx in (("fit on A, report on B", a, b), ("fit on B, report on A", b, a)):

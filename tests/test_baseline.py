@@ -76,6 +76,7 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   config = pneumoniamnist_resnet.get_config("smoke")
   config.data.tfds_data_dir = tfds_dir
   config.train.progress_bar = False
+  config.evals.classify.num_examples = 1024  # all of half A
   workdir = tmp_path / "run"
   resnet_trainer.train_and_evaluate(config, str(workdir))
 
@@ -89,6 +90,14 @@ def test_smoke_config_trains_scores_and_resumes(tmp_path, tfds_dir, caplog):
   assert math.isfinite(result["loss"]) and 0.0 <= result["accuracy"] <= 1.0
   labels, probs = resnet_trainer.evaluate_split(config, str(workdir), "val")
   assert evaluators.classification_report(labels, probs)["accuracy"] == result["accuracy"]
+  # The evaluator chose the checkpoint on val half A (`half`: what it logged is the best checkpoint's figures on
+  # half A), and the halves' figures add up to the whole split's.
+  logged = next(r for r in _records(workdir) if r["step"] == result["step"] and "val/auc" in r)
+  a, b = pipeline.half_split(labels)
+  assert logged["val/auc"] == pytest.approx(result["halves"]["A"]["auc"], rel=1e-6)
+  assert logged["val/auc"] != pytest.approx(result["halves"]["B"]["auc"], rel=1e-6)
+  halves = len(a) * result["halves"]["A"]["accuracy"] + len(b) * result["halves"]["B"]["accuracy"]
+  assert halves == pytest.approx(len(labels) * result["accuracy"])
   stored = np.load(workdir / "predictions_val.npz")
   np.testing.assert_array_equal(stored["labels"], labels)
   np.testing.assert_allclose(stored["probs"], probs, rtol=1e-6)
@@ -122,6 +131,8 @@ def _check_reading_scoring_and_export(config, workdir, val_metrics: dict, tmp_pa
   assert set(result) >= {"n", "softmax", "temperature", "temperature_source", "checkpoint_step"}
   assert "vote" not in result and "mean" not in result and "nfe_per_image" not in result
   assert result["n"] == val_metrics["n"] and result["softmax"]["accuracy"] == val_metrics["accuracy"]
+  for half in ("A", "B"):
+    assert result["halves"][half]["softmax"]["accuracy"] == val_metrics["halves"][half]["accuracy"]
   header = (out / "scores.csv").read_text().splitlines()[0].split(",")
   assert header == ["index", "label", "prediction", "prob_normal", "prob_pneumonia", "entropy"]
   assert sorted(os.listdir(out)) == ["metrics.json", "risk_coverage.png", "scores.csv"]

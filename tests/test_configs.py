@@ -8,13 +8,14 @@ import os
 
 import fakes
 import jax
+import numpy as np
 import pytest
 
 from configs import default
 from medfusion import configcheck, models
 from medfusion.data import pipeline
 from medfusion.errors import ConfigError
-from medfusion.evaluation import split_scoring
+from medfusion.evaluation import evaluators, split_scoring
 from medfusion.training import diffusion_trainer, resnet_trainer
 from medfusion.training import state as state_lib
 
@@ -116,6 +117,24 @@ def test_evaluator_entries_are_checked():
   config.evals.classify.type = "classification"  # a ResNet evaluator on a diffusion config
   with pytest.raises(ConfigError, match="evaluates a resnet model"):
     configcheck.check(config)
+  config = default.get_config()
+  config.evals.classify.half = "C"
+  with pytest.raises(ConfigError, match=r"evals.classify.half='C' is not one of \('all', 'A', 'B'\)"):
+    configcheck.check(config)
+  del config.evals.classify["half"]  # configs stored before `half` existed: the whole split
+  assert {s.name: s.half for s in evaluators.check(config)} == {"classify": "all", "loss": "A"}
+
+
+def test_split_half_keeps_images_labels_and_masks_together():
+  labels = np.repeat([0, 1], [5, 4]).astype(np.int32)
+  images = np.arange(9, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 1), np.uint8)
+  split = pipeline.Split(images, labels, masks=images + 1)
+  assert pipeline.split_half(split, "all") is split
+  for half, rows in zip(("A", "B"), pipeline.half_split(labels), strict=True):
+    part = pipeline.split_half(split, half)
+    np.testing.assert_array_equal(part.labels, labels[rows])
+    np.testing.assert_array_equal(part.images[:, 0, 0, 0], rows)
+    np.testing.assert_array_equal(part.masks, part.images + 1)
 
 
 def test_the_model_kind_is_read_from_model_type():

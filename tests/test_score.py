@@ -209,7 +209,7 @@ def test_early_stop_replay_matches_the_adaptive_classifier(scored):
 def test_in_memory_scoring_matches_batch_scoring(scored):
   """predictors.score_in_memory (e.g. corrupted copies of a split) runs the path medfusion.score runs."""
   from medfusion.data import pipeline
-  from medfusion.evaluation import predictors
+  from medfusion.evaluation import predictors, report
 
   config, workdir, _, result = scored
   split = pipeline.load_split(config.data, "val")
@@ -220,6 +220,12 @@ def test_in_memory_scoring_matches_batch_scoring(scored):
   for aggregator in ("vote", "mean"):
     for metric in ("accuracy", "auc", "ece", "aurc"):
       np.testing.assert_allclose(in_memory[aggregator][metric], result[aggregator][metric], rtol=1e-9)
+  # The whole split was scored, so metrics.json also reports each half (the one that chose, the one that reports).
+  for half, indices in zip("AB", pipeline.half_split(split.labels), strict=True):
+    rows = np.isin(totals.index, indices)
+    columns = report.per_image(report.subset(totals, rows), result["temperature"])
+    assert result["halves"][half]["n"] == len(indices)
+    assert result["halves"][half]["vote"]["accuracy"] == np.mean(columns["prediction"] == totals.label[rows])
 
 
 def test_scoring_blocks_and_batches_fit_the_work():

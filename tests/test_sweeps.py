@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from medfusion.classify import aggregate
+from medfusion.data import pipeline
 from medfusion.evaluation import draw_analysis
 
 
@@ -91,13 +92,13 @@ def test_early_stop_sweep_replays_each_rule_with_its_cost_agreement_and_aurc():
 
 def test_half_split_is_fixed_disjoint_and_stratified():
   labels = np.repeat([0, 1, 2], [7, 20, 3])
-  a, b = draw_analysis.half_split(labels, seed=0)
+  a, b = pipeline.half_split(labels, seed=0)
   assert np.array_equal(np.sort(np.concatenate([a, b])), np.arange(len(labels)))
   for c, size in ((0, 7), (1, 20), (2, 3)):  # every class in both halves, split within one image
     in_a = np.sum(labels[a] == c)
     assert abs(2 * in_a - size) <= 1 and 0 < in_a < size
-  again, _ = draw_analysis.half_split(labels, seed=0)
-  other, _ = draw_analysis.half_split(labels, seed=1)
+  again, _ = pipeline.half_split(labels, seed=0)
+  other, _ = pipeline.half_split(labels, seed=1)
   assert np.array_equal(a, again) and not np.array_equal(a, other)
 
 
@@ -115,7 +116,7 @@ def test_half_split_protocol_chooses_on_one_half_and_reports_the_other():
     return {"score": float(np.isin(indices, setting).mean()), "name": "not a number"}
 
   result = draw_analysis.half_split_protocol(labels, choose, report, seed=3)
-  a, b = draw_analysis.half_split(labels, seed=3)
+  a, b = pipeline.half_split(labels, seed=3)
   assert seen == [set(a.tolist()), set(b.tolist())]
   for direction in result["directions"]:
     assert direction["selection"]["score"] == 1.0 and direction["reporting"]["score"] == 0.0

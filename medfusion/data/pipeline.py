@@ -106,6 +106,34 @@ class Split:
   skipped: tuple[str, ...] = ()  # unreadable files skipped (image folders with on_bad_file='skip')
 
 
+def half_split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """A fixed, seeded split of a split's image indices into two halves (sorted index arrays), stratified by class
+  so that rare classes land in both: settings are chosen on one half and reported on the other (and the reverse,
+  `draw_analysis.half_split_protocol`). The same seed and labels always give the same halves."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  first = []
+  for i, c in enumerate(np.unique(labels)):
+    members = rng.permutation(np.flatnonzero(labels == c))
+    first.append(members[: (len(members) + i % 2) // 2])  # odd classes alternate which half gets the extra one
+  first = np.sort(np.concatenate(first))
+  return first, np.setdiff1d(np.arange(len(labels)), first)
+
+
+HALVES = ("all", "A", "B")
+
+
+def split_half(split: Split, half: str, seed: int = 0) -> Split:
+  """The images of `split` in `half`: 'all', or 'A' / 'B' of `half_split(split.labels, seed)`, in index order."""
+  if half not in HALVES:
+    raise ValueError(f"half={half!r} is not one of {HALVES}")
+  if half == "all":
+    return split
+  rows = half_split(split.labels, seed)[HALVES.index(half) - 1]
+  masks = None if split.masks is None else split.masks[rows]
+  return dataclasses.replace(split, images=split.images[rows], labels=split.labels[rows], masks=masks)
+
+
 def _fit(images: np.ndarray, size: int, fit: str, what: str, nearest: bool = False) -> np.ndarray:
   """Pads (centred, zeros) or resizes (antialiased; nearest for masks) uint8 [N, H, W, C] to [N, S, S, C]."""
   if fit not in FITS:

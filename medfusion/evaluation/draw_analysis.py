@@ -106,26 +106,12 @@ def early_stop_sweep(errors: np.ndarray, labels: np.ndarray, deltas, draws_per_r
   return result
 
 
-def half_split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """A fixed, seeded split of a split's image indices into two halves (sorted index arrays), stratified by class
-  so that rare classes land in both: settings are chosen on one half and reported on the other (and the reverse,
-  `half_split_protocol`). The same seed and labels always give the same halves."""
-  labels = np.asarray(labels)
-  rng = np.random.default_rng(seed)
-  first = []
-  for i, c in enumerate(np.unique(labels)):
-    members = rng.permutation(np.flatnonzero(labels == c))
-    first.append(members[: (len(members) + i % 2) // 2])  # odd classes alternate which half gets the extra one
-  first = np.sort(np.concatenate(first))
-  return first, np.setdiff1d(np.arange(len(labels)), first)
-
-
 def half_split_protocol(labels: np.ndarray, choose, report, seed: int = 0) -> dict:
   """Selection that does not tune on what it reports: `choose(indices)` picks a setting (JSON-able) from the
   images of one half, `report(indices, setting)` measures it (a dict of numbers) on any images. Both directions
-  of `half_split(labels, seed)`: the setting chosen on each half, its figures on that half (`selection`) and on
+  of `pipeline.half_split(labels, seed)`: the setting chosen on each half, its figures on that half (`selection`) and on
   the other (`reporting`), and reporting minus selection (`difference`: how much the choice flattered itself)."""
-  a, b = half_split(labels, seed)
+  a, b = pipeline.half_split(labels, seed)
   result = {"seed": seed, "halves": [int(len(a)), int(len(b))], "directions": []}
   for name, select, held_out in (("select on A, report on B", a, b), ("select on B, report on A", b, a)):
     setting = choose(select)

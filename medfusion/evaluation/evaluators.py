@@ -2,10 +2,14 @@
 
 Every evaluator has `type`, `every` (steps between runs; it also runs at the last step), `prefix` (prepended to its
 metric names, e.g. 'val/') and `num_examples` (the first N images of `config.data.eval_split`, the same images
-every time, so runs are comparable). As big_vision's, an evaluator is built with the trainer's `predict_fn`
-rather than rebuilding the model (the denoiser's `apply`; the ResNet's jitted predict step,
-evaluation/resnet_inference.py), and `run(variables)` returns {prefix + metric: value} for the variables the
-trainer passes (the diffusion trainer the EMA parameters, the ResNet trainer params and batch statistics).
+every time, so runs are comparable), and may have `half`: 'A' or 'B' restricts it to that half of the eval split
+(`pipeline.half_split`, seed 0, stratified by class), so that a checkpoint chosen on half A can be reported
+on half B (`medfusion.score` reports both halves); 'all' (the default) is the whole split.
+
+As big_vision's, an evaluator is built with the trainer's `predict_fn` rather than rebuilding the model (the
+denoiser's `apply`; the ResNet's jitted predict step, evaluation/resnet_inference.py), and `run(variables)` returns
+{prefix + metric: value} for the variables the trainer passes (the diffusion trainer the EMA parameters, the ResNet
+trainer params and batch statistics).
 
 Types:
 - `denoising_loss` (`batch_size`): `loss`, the conditional denoising loss of the EMA model on fixed draws.
@@ -138,6 +142,7 @@ class Settings:
   every: int
   prefix: str
   num_examples: int
+  half: str = "all"
   batch_size: int = 0
   num_draws: int = 0
 
@@ -151,13 +156,15 @@ class Settings:
     if evaluator.needs != model_kind:
       raise ConfigError(f"{where}.type={kind!r} evaluates a {evaluator.needs} model; this config trains a {model_kind}")
     expected = {*COMMON_FIELDS, *evaluator.fields}
-    if set(entry) != expected:
-      extra, missing = sorted(set(entry) - expected), sorted(expected - set(entry))
+    if set(entry) - {"half"} != expected:
+      extra, missing = sorted(set(entry) - expected - {"half"}), sorted(expected - set(entry))
       raise ConfigError(f"{where} ({kind}): unknown fields {extra}, missing fields {missing}")
     for field in ("every", "num_examples", *evaluator.fields):
       if not (isinstance(entry[field], int) and entry[field] > 0):
         raise ConfigError(f"{where}.{field}={entry[field]!r} must be a positive integer")
-    return cls(name, **{k: entry[k] for k in expected})
+    if entry.get("half", "all") not in pipeline.HALVES:
+      raise ConfigError(f"{where}.half={entry['half']!r} is not one of {pipeline.HALVES}")
+    return cls(name, **{k: entry[k] for k in expected | ({"half"} & set(entry))})
 
 
 def check(config) -> list[Settings]:
@@ -176,7 +183,7 @@ def build(config, split: pipeline.Split, mesh, predict_fn) -> list:
   the module docstring)."""
   evaluators = []
   for settings in check(config):
-    evaluator = TYPES[settings.type](config, settings, split, mesh, predict_fn)
+    evaluator = TYPES[settings.type](config, settings, pipeline.split_half(split, settings.half), mesh, predict_fn)
     evaluator.settings = settings
     evaluators.append(evaluator)
   return evaluators

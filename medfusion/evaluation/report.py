@@ -36,6 +36,11 @@ class Totals:
     return -self.mean_error
 
 
+def subset(totals, rows):
+  """The same kind of totals (`Totals` or `SoftmaxTotals`) for the images at `rows`."""
+  return dataclasses.replace(totals, **{f.name: getattr(totals, f.name)[rows] for f in dataclasses.fields(totals)})
+
+
 def per_image(totals: Totals, temperature: float, prior=None) -> dict[str, np.ndarray]:
   """Predictions and uncertainty per image: vote and mean predictions, probabilities softmax(-mean error / T +
   log prior) (`prior` [C]: class probabilities; None: uniform), the predicted class's vote share, the vote entropy

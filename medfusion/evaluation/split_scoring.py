@@ -181,6 +181,8 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
     )
     prior = report.class_prior(config.classify.prior, train_labels, len(class_names))
   columns, result = predictor.report(totals, temperature, prior)
+  if n == len(split.labels):
+    result["halves"] = _halves(predictor, totals, split.labels, temperature, prior)
   if predictor.kind == "diffusion":
     result["prior"] = config.classify.prior if prior is None else prior.tolist()
   result.update(
@@ -211,6 +213,16 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
   clock.lap("writing")
   log.info("%s %s", TIMING_LOG, json.dumps(clock.laps))
   return result
+
+
+def _halves(predictor, totals, labels, temperature: float, prior) -> dict:
+  """metrics.json's rows on each half of the split (`pipeline.half_split`, seed 0), the one a setting was chosen on
+  and the one to report it on (`config.evals.*.half`)."""
+  halves = {}
+  for name, indices in zip(pipeline.HALVES[1:], pipeline.half_split(labels), strict=True):
+    if len(indices):
+      _, halves[name] = predictor.report(report.subset(totals, np.isin(totals.index, indices)), temperature, prior)
+  return {"seed": 0, **halves}
 
 
 # The log line benchmarks.score reads: seconds of data loading, model loading, network evaluations and writing, each

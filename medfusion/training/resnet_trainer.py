@@ -155,7 +155,8 @@ def make_parts(config, mesh) -> loop.Parts:
 def train_and_evaluate(config, workdir: str):
   """Trains `config` in `workdir`, resuming from its newest checkpoint, and writes `metrics_val.json`.
 
-  metrics_val.json holds the best checkpoint's metrics on the whole eval split, `n` and `seconds_per_image`
+  metrics_val.json holds the best checkpoint's metrics on the whole eval split and on each of its halves
+  (`halves`: the evaluator's `half` chose the checkpoint on one, the other reports it), `n` and `seconds_per_image`
   (inference with a warm jit, batches of the classification evaluator's batch size). Returns the final state.
   """
   state = loop.train_and_evaluate(config, workdir, make_parts)
@@ -189,6 +190,10 @@ def _write_best_metrics(config, workdir: str) -> None:
     "checkpoint": best.which,
     "n": len(probs),
     "seconds_per_image": seconds_per_image,
+    "halves": {
+      name: evaluators.classification_report(eval_split.labels[rows], probs[rows])
+      for name, rows in zip(pipeline.HALVES[1:], pipeline.half_split(eval_split.labels), strict=True)
+    },
   }
   log.info("Best checkpoint (step %d) on %s: %s", best.step, config.data.eval_split, result)
   if jax.process_index() == 0:
