@@ -29,6 +29,19 @@ def _start(args, stderr=subprocess.PIPE):
   )
 
 
+def _train_args(workdir, arrays, *overrides) -> list[str]:
+  """medfusion.train's arguments for the PneumoniaMNIST smoke config on prepared arrays (no TensorFlow to start)."""
+  return [
+    "-m",
+    "medfusion.train",
+    "--config=configs/pneumoniamnist.py:smoke",
+    f"--workdir={workdir}",
+    "--config.data.source=arrays",
+    f"--config.data.folder={arrays}",
+    *overrides,
+  ]
+
+
 def _wait_for(predicate, proc, timeout=300):
   deadline = time.time() + timeout
   while not predicate():
@@ -72,20 +85,16 @@ def test_killed_and_resumed_training_is_bit_identical(tmp_path, tiny_arrays):
   config.evals.loss.every = config.evals.classify.every = 10
 
   workdir = str(tmp_path / "interrupted")
-  args = [
-    "-m",
-    "medfusion.train",
-    "--config=configs/pneumoniamnist.py:smoke",
-    f"--workdir={workdir}",
-    "--config.data.source=arrays",
-    f"--config.data.folder={tiny_arrays}",
+  args = _train_args(
+    workdir,
+    tiny_arrays,
     "--config.model.channels=8",  # train_losses_script.tiny_config
     "--config.model.channel_mult=(1,2)",
     "--config.model.attention_resolutions=()",
     *[f"--config.train.{k}={v}" for k, v in overrides.items()],
     "--config.evals.loss.every=10",
     "--config.evals.classify.every=10",
-  ]
+  )
 
   def interrupt_and_resume():
     interrupts = ((4, signal.SIGKILL), (9, signal.SIGTERM), (12, signal.SIGINT))
@@ -213,15 +222,7 @@ def test_ctrl_c_during_compilation_exits_cleanly(tmp_path, tiny_arrays):
   and exits without a traceback or a crash. (Its data, PneumoniaMNIST, are read as arrays: no TensorFlow to start.)"""
   workdir = tmp_path / "w"
   log = tmp_path / "stderr.txt"
-  args = [
-    "-m",
-    "medfusion.train",
-    "--config=configs/pneumoniamnist.py:smoke",
-    f"--workdir={workdir}",
-    "--config.data.source=arrays",
-    f"--config.data.folder={tiny_arrays}",
-    "--config.train.steps=500",
-  ]
+  args = _train_args(workdir, tiny_arrays, "--config.train.steps=500")
   with open(log, "w") as stderr:
     proc = _start(args, stderr)
     deadline = time.time() + 300
