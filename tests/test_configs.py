@@ -159,6 +159,18 @@ def test_split_half_keeps_images_labels_and_masks_together():
     np.testing.assert_array_equal(part.masks, part.images + 1)
 
 
+def test_an_evaluator_whose_half_is_empty_uses_the_whole_split_and_says_so(caplog):
+  """A smoke test's fake download can have a one-image eval split, whose half A is empty."""
+  from medfusion import sharding
+
+  config = default.get_config("smoke")
+  one = pipeline.Split(np.zeros((1, 32, 32, 1), np.uint8), np.zeros(1, np.int32), None)  # its one image is in B
+  assert len(pipeline.split_half(one, "A").labels) == 0
+  built = evaluators.build(config, one, sharding.make_mesh(), predict_fn=None)
+  assert [len(e.split.labels) for e in built] == [1, 1]
+  assert "config.evals.loss.half=A is empty: the val split has only 1 image(s)" in caplog.text
+
+
 def test_the_model_kind_is_read_from_model_type():
   config = default.get_config()
   assert models.model_kind(config) == "diffusion"

@@ -19,6 +19,7 @@ from medfusion.evaluation.report import Totals
 from medfusion.training import state as state_lib
 
 SHIPPED = os.path.join(ROOT, "pretrained", "pneumoniamnist")
+SHIPPED_RESNET = os.path.join(ROOT, "pretrained", "pneumoniamnist_resnet18")
 
 
 def test_damaged_exported_model_fails_in_one_line_and_writes_nothing(tmp_path, tiny_arrays):
@@ -127,6 +128,27 @@ def test_the_shipped_models_stored_config_loads_with_fields_added_since():
   assert config.classify.prior == "uniform" and config.model.wavelet is False
   assert config.compilation_cache == pneumoniamnist.get_config().compilation_cache  # the cache on, as for new models
   assert config.data.npz.endswith("data/pneumoniamnist_28.npz") and os.path.isabs(config.data.npz)
+
+
+def test_the_shipped_resnet_baseline_gives_the_probabilities_it_shipped_with(tfds_dir):
+  """pretrained/pneumoniamnist_resnet18 loads from its own config (manifest checked, no optimizer state), was
+  chosen on validation half A, and gives the validation probabilities stored beside it (first 64 images)."""
+  from medfusion import configcheck, stored_config
+  from medfusion.data import pipeline
+  from medfusion.evaluation import predictors
+
+  config = stored_config.get_config(SHIPPED_RESNET)
+  configcheck.check(config)
+  assert config.evals.classify.half == "A" and config.model.width == 64
+  config.data.tfds_data_dir = tfds_dir
+  model = modeldir.load(config, SHIPPED_RESNET)
+  assert model.which == "exported" and set(model.params) == {"params", "batch_stats"}
+  split = pipeline.load_split(config.data, "val")
+  part = pipeline.Split(split.images[:64], split.labels[:64], None)
+  totals, _ = predictors.score_in_memory(config, model, part, temperature=1.0)
+  with np.load(os.path.join(SHIPPED_RESNET, "predictions_val.npz")) as stored:
+    np.testing.assert_array_equal(stored["labels"][:64], totals.label)
+    np.testing.assert_allclose(totals.probs, stored["probs"][:64], rtol=1e-4, atol=1e-6)
 
 
 def test_multiclass_scoring_reports_per_class_metrics_a_positive_class_and_a_prior(tmp_path):

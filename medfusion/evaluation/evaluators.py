@@ -20,6 +20,7 @@ Types:
 """
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,8 @@ from medfusion.data import pipeline
 from medfusion.diffusion import losses, schedules
 from medfusion.errors import ConfigError
 from medfusion.evaluation import report, resnet_inference, split_runner
+
+log = logging.getLogger("medfusion")
 
 COMMON_FIELDS = ("type", "every", "prefix", "num_examples")
 
@@ -183,10 +186,26 @@ def build(config, split: pipeline.Split, mesh, predict_fn) -> list:
   the module docstring)."""
   evaluators = []
   for settings in check(config):
-    evaluator = TYPES[settings.type](config, settings, pipeline.split_half(split, settings.half), mesh, predict_fn)
+    evaluator = TYPES[settings.type](config, settings, _images(config, settings, split), mesh, predict_fn)
     evaluator.settings = settings
     evaluators.append(evaluator)
   return evaluators
+
+
+def _images(config, settings: Settings, split: pipeline.Split) -> pipeline.Split:
+  """The evaluator's half of the eval split; all of it, with a warning, when that half is empty (a split of a
+  handful of images, as a smoke test's fake download has)."""
+  half = pipeline.split_half(split, settings.half)
+  if len(half.labels) == 0:
+    log.warning(
+      "config.evals.%s.half=%s is empty: the %s split has only %d image(s); the evaluator uses all of them",
+      settings.name,
+      settings.half,
+      config.data.eval_split,
+      len(split.labels),
+    )
+    return split
+  return half
 
 
 def due(evaluator, step: int, last_step: int) -> bool:
