@@ -193,6 +193,7 @@ def _write_best_metrics(config, workdir: str) -> None:
     "halves": {
       name: evaluators.classification_report(eval_split.labels[rows], probs[rows])
       for name, rows in zip(pipeline.HALVES[1:], pipeline.half_split(eval_split.labels), strict=True)
+      if len(rows)
     },
   }
   log.info("Best checkpoint (step %d) on %s: %s", best.step, config.data.eval_split, result)
