@@ -241,3 +241,50 @@ def test_scoring_blocks_and_batches_fit_the_work():
   assert split_scoring._interrupted_message(20, 4, 64, "P") == (
     "20 of 64 images are kept (16 of them in this run) in P; run the same command again to score the other 44"
   )
+
+
+def test_score_reports_a_stored_timestep_weighting_as_a_third_row(scored, tmp_path):
+  """With config.classify.weighting, medfusion.score evaluates every class on every draw and adds the stored
+  weighting's decision as the `weighted` row (scores.csv: prediction_weighted, prob_weighted_*); the vote and mean
+  rows stay the plain run's. With none stored, it says how to fit one; a resumed run keeps the weighted scores."""
+  from medfusion.classify import weighting
+  from medfusion.classify.classifier import DiffusionClassifier
+  from medfusion.data import pipeline
+  from medfusion.errors import UserError
+  from medfusion.evaluation import predictors, report, split_runner
+
+  config, workdir, _, plain = scored
+  model_dir = str(tmp_path / "model")
+  modeldir.export(config, workdir, model_dir)
+  config = config.copy_and_resolve_references()
+  config.classify.weighting = "label_free"
+  with pytest.raises(UserError, match=r"none is stored in .* python -m medfusion.sweep .* --store_weighting"):
+    split_scoring.score_split(config, model_dir, "val", str(tmp_path / "unfitted"))
+
+  loaded = modeldir.load(config, model_dir)
+  split = pipeline.load_split(config.data, "val")
+  errors, t = split_runner.draw_errors(DiffusionClassifier(config, loaded.params), split, len(split.labels))
+  fitted = weighting.fit(errors, t, split.labels, "label_free", 10, config.classify.t_min, config.classify.t_max)
+  key = modeldir.weighting_key(config, loaded.step)
+  modeldir.store_weighting(model_dir, key, fitted.to_json(), "val", len(split.labels))
+
+  out = tmp_path / "weighted"
+  result = split_scoring.score_split(config, model_dir, "val", str(out))
+  expected = np.argmax(fitted.logits(errors, t), axis=1)
+  rows = read_csv(out / "scores.csv")
+  assert [int(r["prediction_weighted"]) for r in rows] == expected.tolist()
+  assert result["weighted"]["accuracy"] == np.mean(expected == split.labels)
+  assert set(result["halves"]["A"]) >= {"vote", "mean", "weighted"}
+  for row in ("vote", "mean"):
+    np.testing.assert_allclose(result[row]["accuracy"], plain[row]["accuracy"])
+    np.testing.assert_allclose(result[row]["auc"], plain[row]["auc"], rtol=1e-6)
+
+  # What an interrupted run keeps per image (the partial CSV's rows) gives back the weighted scores.
+  predictor = predictors.make(config, loaded, workdir=model_dir)
+  totals = predictors.totals_from_errors(errors, np.arange(len(split.labels)), split.labels)
+  weighted = report.WeightedTotals(**vars(totals), weighted_logits=fitted.logits(errors, t))
+  rows = np.array([[str(v) for v in row] for row in predictor.partial_rows(weighted)])
+  assert len(predictor.partial_header(config.data.class_names)) == rows.shape[1]
+  again = predictor.from_partial_rows(rows, config.data.num_classes)
+  for field in ("index", "votes", "mean_error", "weighted_logits", "nfe"):
+    np.testing.assert_array_equal(getattr(again, field), getattr(weighted, field))

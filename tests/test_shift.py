@@ -10,7 +10,7 @@ from conftest import ROOT, run_python
 
 from medfusion import stored_config
 from medfusion.errors import UserError
-from medfusion.evaluation import shift
+from medfusion.evaluation import predictors, shift
 
 MODEL = os.path.join(ROOT, "pretrained", "pneumoniamnist")
 JUDGE = os.path.join(MODEL, "judge")
@@ -40,7 +40,8 @@ def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monke
   stored = np.load(os.path.join(out, "cells", "model", "brightness_down_5.npz"))
   assert stored["errors"].shape == (4, 2, 2) and stored["t"].shape == (4, 2)
   # the errors reproduce the stored votes, so stopping rules can be replayed per cell
-  np.testing.assert_array_equal(shift.totals_from_errors(stored["errors"], stored["label"]).votes, stored["votes"])
+  full_budget = predictors.totals_from_errors(stored["errors"], stored["index"], stored["label"])
+  np.testing.assert_array_equal(full_budget.votes, stored["votes"])
   assert os.path.getsize(os.path.join(out, "shift.png")) > 0
 
   summary = result["summary"]["model"]["vote"]
@@ -85,3 +86,11 @@ def test_bad_flags_are_one_line_errors(tmp_path):
   )
   assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --severities=")
   assert len(proc.stderr.strip().splitlines()) == 1 and not os.listdir(tmp_path)
+
+
+def test_a_timestep_weighting_is_refused_before_loading(tmp_path):
+  """medfusion.shift keeps the vote and mean rows only: a weighting asked for is a one-line error, not ignored."""
+  config = _config()
+  config.classify.weighting = "label_free"
+  with pytest.raises(UserError, match="medfusion.shift scores the vote and mean rows only"):
+    shift.ModelUnderTest(config, str(tmp_path / "not even read"), store_errors=False)

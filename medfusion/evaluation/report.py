@@ -36,6 +36,14 @@ class Totals:
     return -self.mean_error
 
 
+@dataclasses.dataclass
+class WeightedTotals(Totals):
+  """Totals of a run with a timestep weighting (`config.classify.weighting`): every class on every draw, and the
+  weighting's class scores."""
+
+  weighted_logits: np.ndarray  # [N, C] the weighting's class scores at the uniform prior (classify/weighting.py)
+
+
 def subset(totals, rows):
   """The same kind of totals (`Totals` or `SoftmaxTotals`) for the images at `rows`."""
   return dataclasses.replace(totals, **{f.name: getattr(totals, f.name)[rows] for f in dataclasses.fields(totals)})
@@ -62,6 +70,16 @@ def per_image(totals: Totals, temperature: float, prior=None) -> dict[str, np.nd
   }
 
 
+def weighted_per_image(totals: WeightedTotals, prior=None) -> dict[str, np.ndarray]:
+  """The weighted row's prediction and probabilities softmax(weighted logits + log prior): the fitted weighting
+  carries its own scale, so no temperature."""
+  logits = totals.weighted_logits
+  if prior is not None:
+    logits = logits + np.log(np.asarray(prior, dtype=np.float64))
+  prob = metrics.softmax_with_temperature(logits, 1.0)
+  return {"prediction_weighted": np.argmax(prob, axis=1), "prob_weighted": prob}
+
+
 def class_prior(spec: str, train_labels, num_classes: int):
   """`config.classify.prior` as class probabilities [C], or None for 'uniform': 'train' (the training split's class
   frequencies) or comma-separated weights ('0.2,0.8', normalised)."""
@@ -80,7 +98,8 @@ def class_prior(spec: str, train_labels, num_classes: int):
 
 
 def split_metrics(totals: Totals, columns: dict[str, np.ndarray], class_names=None, positive_class: str = "") -> dict:
-  """metrics.json's body: per aggregator (vote, mean) classification and uncertainty metrics, plus n and NFE.
+  """metrics.json's body: per aggregator (vote, mean; `weighted` with a timestep weighting's columns) classification
+  and uncertainty metrics, plus n and NFE.
 
   The vote row uses vote shares as probabilities and confidence; the mean row the calibrated softmax. Each row
   has `misclassification_auroc` (how well its confidence tells right from wrong). With more than two classes
@@ -89,10 +108,14 @@ def split_metrics(totals: Totals, columns: dict[str, np.ndarray], class_names=No
   """
   labels, probs = totals.label, columns["prob"]
   result = {"n": int(len(labels)), "nfe_per_image": float(np.mean(totals.nfe))}
-  for name, preds, p, confidence in (
+  rows = [
     ("vote", columns["prediction"], totals.votes / totals.votes.sum(axis=1, keepdims=True), columns["vote_share"]),
     ("mean", columns["prediction_mean"], probs, probs.max(axis=1)),
-  ):
+  ]
+  if "prob_weighted" in columns:
+    weighted = columns["prob_weighted"]
+    rows.append(("weighted", columns["prediction_weighted"], weighted, weighted.max(axis=1)))
+  for name, preds, p, confidence in rows:
     result[name] = aggregator_metrics(labels, preds, p, confidence, class_names, positive_class)
   return result
 
@@ -117,10 +140,14 @@ def aggregator_metrics(labels, preds, probs, confidence, class_names=None, posit
 
 def risk_coverage_curves(totals: Totals, columns: dict[str, np.ndarray]) -> dict:
   """The risk-coverage curve of each aggregator with its own confidence (vote share; top probability)."""
-  return {
+  curves = {
     "vote": metrics.risk_coverage(columns["prediction"] == totals.label, columns["vote_share"]),
     "mean": metrics.risk_coverage(columns["prediction_mean"] == totals.label, columns["prob"].max(axis=1)),
   }
+  if "prob_weighted" in columns:
+    correct = columns["prediction_weighted"] == totals.label
+    curves["weighted"] = metrics.risk_coverage(correct, columns["prob_weighted"].max(axis=1))
+  return curves
 
 
 # --- A discriminative classifier (the ResNet): softmax probabilities ----------------------------------------------

@@ -94,6 +94,11 @@ class ModelUnderTest:
 
   def __init__(self, config, workdir: str, store_errors: bool):
     self.config, self.workdir = config, workdir
+    if "classify" in config and config.classify.weighting != "none":  # a ResNet's config has no classify section
+      raise UserError(
+        f"medfusion.shift scores the vote and mean rows only (config.classify.weighting={config.classify.weighting!r}"
+        " for --workdir); replay a weighting on the cells' --errors draws instead"
+      )
     self.loaded = modeldir.load(config, workdir)
     self.predictor = predictors.make(config, self.loaded)
     self.kind = self.predictor.kind
@@ -117,7 +122,7 @@ class ModelUnderTest:
     split, n = pipeline.Split(images, labels, None), len(labels)
     if self.store_errors:
       errors, t = split_runner.draw_errors(self.predictor.classifier, split, n, progress)
-      totals = totals_from_errors(errors, labels)
+      totals = predictors.totals_from_errors(errors, np.arange(n), labels)
       return {**dataclasses.asdict(totals), "errors": errors.astype(np.float32), "t": t.astype(np.float32)}
     blocks = split_runner.run_blocks(self.predictor.score, split, n, 4 * self.predictor.batch_size, (), progress)
     return dataclasses.asdict(split_runner.collect(blocks))
@@ -138,13 +143,6 @@ class ModelUnderTest:
       nfe = float(np.mean(tot.nfe)) if self.kind == "diffusion" else 1.0
       result[key] = {row: {**{m: full[row][m] for m in REPORTED}, "nfe_per_image": nfe} for row in self.predictor.rows}
     return result, {"temperature": float(temperature), "temperature_source": source}
-
-
-def totals_from_errors(errors: np.ndarray, labels: np.ndarray) -> Totals:
-  """The full-budget Totals of an error tensor [N, C, K]: each draw votes for its lowest-error class."""
-  n, c, k = errors.shape
-  votes = (np.argmin(errors, axis=1)[:, None, :] == np.arange(c)[None, :, None]).sum(axis=2)
-  return Totals(np.arange(n), np.asarray(labels), votes, errors.mean(axis=2), np.full(n, k), np.full(n, c * k))
 
 
 def compare_config(workdir: str):

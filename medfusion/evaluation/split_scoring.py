@@ -157,7 +157,7 @@ def score_split(config, workdir: str, split_name: str, output: str, max_examples
     "seed": config.seed,
   }
   batch_size = scoring_batch_size(predictors.batch_size(config), n, jax.device_count())
-  predictor = predictors.make(config, model, batch_size)  # the diffusion classifier or a ResNet
+  predictor = predictors.make(config, model, batch_size, workdir)  # the diffusion classifier or a ResNet
   fingerprint.update(predictor.settings())
   partial = PartialScores(output, class_names, json.loads(json.dumps(fingerprint, default=list)), predictor)
   done_before = len(partial.done)
