@@ -23,7 +23,7 @@ def main(argv):
   from medfusion.evaluation import split_scoring
 
   result = split_scoring.score_split(config, FLAGS.workdir, FLAGS.split, FLAGS.output, FLAGS.max_examples)
-  rows = [k for k in ("vote", "mean", "softmax") if k in result]  # a ResNet has one row, softmax
+  rows = [k for k in ("vote", "mean", "weighted", "softmax") if k in result]  # a ResNet has one row, softmax
   summary = {k: {m: round(result[k][m], 4) for m in ("accuracy", "auc", "ece")} for k in rows}
   print(json.dumps({k: result[k] for k in ("n", "nfe_per_image") if k in result} | summary))
 
