@@ -38,7 +38,7 @@ def get_config(arg: str = ""):
   # The best checkpoint by macro AUC of the mean aggregator: threshold-free, so it is not swayed by the 67 % of
   # nevi the way accuracy is, and steadier than balanced accuracy on classes with 6-12 validation images.
   config.train.best_metric = "val/mean_auc"
-  config.evals.classify.update(every=1000, num_examples=512)
+  config.evals.classify.update(every=1000, num_examples=512)  # all 501 images of val half A
   config.classify.positive_class = "mel"
   # From the replays of 64 draws per image on the validation split (docs/dermamnist.md): draws with t outside
   # [0.1, 0.9] only added noise to the mean error, and 8 draws on all seven classes, then 8 more on the best three,
