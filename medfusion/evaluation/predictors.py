@@ -8,7 +8,6 @@ stored timestep weighting), a ResNet one (`softmax`); columns that do not apply 
 vote share, margin, NFE) are left out.
 """
 
-import dataclasses
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,9 +57,7 @@ class DiffusionPredictor:
     _, t = kernel.image_draws(self.classifier.kernel_spec, np.asarray(index))
     totals = totals_from_errors(errors, index, label)
     logits = self.weighting.logits(errors, np.asarray(t))
-    return WeightedTotals(
-      **{f.name: getattr(totals, f.name) for f in dataclasses.fields(totals)}, weighted_logits=logits
-    )
+    return WeightedTotals(**vars(totals), weighted_logits=logits)
 
   def report(self, totals: Totals, temperature: float, prior=None) -> tuple[dict, dict]:
     """(per-image columns, metrics.json's body)."""
@@ -103,9 +100,7 @@ class DiffusionPredictor:
     if self.weighting is None:
       return totals
     logits = rows[:, 2 + 2 * c : 2 + 3 * c].astype(np.float64)
-    return WeightedTotals(
-      **{f.name: getattr(totals, f.name) for f in dataclasses.fields(totals)}, weighted_logits=logits
-    )
+    return WeightedTotals(**vars(totals), weighted_logits=logits)
 
   def table(self, class_names, totals: Totals, columns: dict) -> tuple[list[str], list[list]]:
     """scores.csv's header and rows, one per image."""
