@@ -35,6 +35,10 @@ def get_config(arg: str = ""):
   config.augment = ml_collections.ConfigDict()
   config.augment.crop_padding = 4  # random crop of the zero-padded image = translation by up to 4 pixels
 
+  # The one classify field a ResNet reads, as in the diffusion configs: a class reported against the rest
+  # (sensitivity, specificity, AUC) beside the multi-class metrics; "" for none.
+  config.classify = ml_collections.ConfigDict({"positive_class": ""})
+
   config.train.steps = 552
   config.train.batch_size = 128
   config.train.learning_rate = 0.1

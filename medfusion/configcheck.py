@@ -24,6 +24,7 @@ def check(config) -> None:
   evaluators.check(config)
   if models.model_kind(config) == "resnet":
     resnet_trainer.check_baseline(config)
+    _check_positive_class(config.classify.positive_class, config.data.class_names)
     return
   if not 0.0 <= config.train.ema_decay < 1.0:
     raise ConfigError(f"config.train.ema_decay={config.train.ema_decay!r} must be in [0, 1)")
@@ -43,10 +44,7 @@ def check(config) -> None:
       report.class_prior(c.prior, None, config.data.num_classes)
     except ValueError as e:
       raise ConfigError(str(e)) from None
-  if c.positive_class and c.positive_class not in config.data.class_names:
-    raise ConfigError(
-      f"config.classify.positive_class={c.positive_class!r} is not one of {tuple(config.data.class_names)}"
-    )
+  _check_positive_class(c.positive_class, config.data.class_names)
   if config.classify.temperature is not None and not config.classify.temperature > 0:
     raise ConfigError(f"config.classify.temperature={config.classify.temperature!r} must be positive")
   sampler.SamplerSpec.from_config(config)
@@ -58,3 +56,8 @@ def check(config) -> None:
     raise ConfigError(f"config.explain.error_map={e.error_map!r} must be True or False")
   saliency.block_index(e.grad_cam_layer, resnet.STAGE_SIZES["resnet18"])
   evaluate.EvaluationSpec.from_config(config)
+
+
+def _check_positive_class(name: str, class_names) -> None:
+  if name and name not in class_names:
+    raise ConfigError(f"config.classify.positive_class={name!r} is not one of {tuple(class_names)}")

@@ -20,13 +20,13 @@ from configs import default
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PLACEHOLDERS = {("classify", "temperature"): float}  # fields whose unset value (null) has a type
 # Fields added after models were first stored, with the value that reproduces the older behaviour; a config.json
-# written before a field existed gets it from here (diffusion configs; `data` fields for every config).
+# written before a field existed gets it from here: every config's (ResNet configs too), then a diffusion config's.
+ADDED_FIELDS_EVERY_MODEL = {"data": {"augment": "none"}, "classify": {"positive_class": ""}}
 ADDED_FIELDS = {
-  "data": {"augment": "none"},
   "model": {"wavelet": False},
   "diffusion": {"t_focus": 0.0, "class_loss_weight": 0.0, "class_loss_temperature": 0.05, "class_loss_every": 1},
   "train": {"checkpoint_minutes": 10.0},
-  "classify": {"prior": "uniform", "positive_class": "", "min_draws": 0, "weighting": "none", "symmetries": "none"},
+  "classify": {"prior": "uniform", "min_draws": 0, "weighting": "none", "symmetries": "none"},
   # Stored models predate explanations: every explain field takes its default (configs/default.py), read from there
   # so a field added to the defaults needs no copy here.
   "explain": default.get_config().explain.to_dict(),
@@ -55,8 +55,8 @@ def get_config(workdir: str):
       stored = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f"{path}: cannot read the model's config ({e}); pass --config=configs/X.py") from None
-  for section, fields in ADDED_FIELDS.items():
-    if "diffusion" in stored or (section == "data" and "data" in stored):
+  for added in (ADDED_FIELDS_EVERY_MODEL, ADDED_FIELDS if "diffusion" in stored else {}):
+    for section, fields in added.items():
       for key, value in fields.items():
         stored.setdefault(section, {}).setdefault(key, value)
   for key, value in ADDED_TOP_LEVEL_FIELDS.items():

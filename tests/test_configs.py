@@ -130,6 +130,15 @@ def test_typed_specs_name_the_bad_field(field, value, fragment):
     configcheck.check(config)
 
 
+@pytest.mark.parametrize("name", ["dermamnist", "dermamnist_resnet"])
+def test_a_positive_class_outside_the_class_names_is_refused_for_either_model_kind(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.classify.positive_class == "mel"
+  config.classify.positive_class = "melanoma"
+  with pytest.raises(ConfigError, match=r"classify.positive_class='melanoma' is not one of \('akiec'"):
+    configcheck.check(config)
+
+
 def test_evaluator_entries_are_checked():
   config = default.get_config()
   config.evals.classify.num_draws = 0

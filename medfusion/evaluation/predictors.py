@@ -156,7 +156,7 @@ class ResNetPredictor:
     del prior  # the ResNet learned the training split's class frequencies
     columns = report.softmax_per_image(totals, temperature)
     names = list(self.config.data.class_names)
-    return columns, report.softmax_split_metrics(totals, columns, names)
+    return columns, report.softmax_split_metrics(totals, columns, names, self.config.classify.positive_class)
 
   @staticmethod
   def curves(totals: SoftmaxTotals, columns: dict) -> dict:

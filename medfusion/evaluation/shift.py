@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from medfusion import metrics, modeldir, stored_config
+from medfusion import metrics, modeldir, models, stored_config
 from medfusion.data import corruptions, pipeline
 from medfusion.errors import Interrupted, UserError
 from medfusion.evaluation import predictors, split_runner
@@ -94,7 +94,7 @@ class ModelUnderTest:
 
   def __init__(self, config, workdir: str, store_errors: bool):
     self.config, self.workdir = config, workdir
-    if "classify" in config and config.classify.weighting != "none":  # a ResNet's config has no classify section
+    if models.model_kind(config) == "diffusion" and config.classify.weighting != "none":
       raise UserError(
         f"medfusion.shift scores the vote and mean rows only (config.classify.weighting={config.classify.weighting!r}"
         " for --workdir); replay a weighting on the cells' --errors draws instead"
