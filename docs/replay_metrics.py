@@ -5,7 +5,9 @@ r"""Split metrics, as `medfusion.score` writes them, replayed from the stored dr
 
 Every draw of errors.npz (or those with t in [t_min, t_max]) on every class, the temperature fitted on the same
 split (in-sample, as `medfusion.score` fits it on the eval split), and the class prior `uniform` or `train` (the
-class frequencies of the npz's train split). Prints the metrics as JSON (the rows of docs/*.md's tables).
+class frequencies of the npz's train split). `--half=A|B` keeps one half of the split (`pipeline.half_split`, the
+halves training chooses on and `medfusion.score` reports). Prints the metrics as JSON (the rows of docs/*.md's
+tables).
 """
 
 import argparse
@@ -15,6 +17,7 @@ import numpy as np
 
 from medfusion import metrics
 from medfusion.classify import aggregate
+from medfusion.data import pipeline
 from medfusion.evaluation import draw_analysis, report
 
 
@@ -38,9 +41,13 @@ def main():
   parser.add_argument("--npz", default="", help="The MedMNIST-layout file whose train split gives the prior.")
   parser.add_argument("--class_names", default="", help="Comma-separated (default: class indices).")
   parser.add_argument("--positive_class", default="")
+  parser.add_argument("--half", choices=pipeline.HALVES, default="all")
   args = parser.parse_args()
   with np.load(args.errors) as stored:
     errors, t, labels = stored["errors"], stored["t"], stored["labels"]
+  if args.half != "all":
+    keep = pipeline.half_split(labels)[pipeline.HALVES.index(args.half) - 1]
+    errors, t, labels = errors[keep], t[keep], labels[keep]
   c = errors.shape[1]
   names = args.class_names.split(",") if args.class_names else [str(i) for i in range(c)]
   prior = None

@@ -19,7 +19,6 @@ from medfusion.evaluation.report import Totals
 from medfusion.training import state as state_lib
 
 SHIPPED = os.path.join(ROOT, "pretrained", "pneumoniamnist")
-SHIPPED_RESNET = os.path.join(ROOT, "pretrained", "pneumoniamnist_resnet18")
 
 
 def test_damaged_exported_model_fails_in_one_line_and_writes_nothing(tmp_path, tiny_arrays):
@@ -130,23 +129,28 @@ def test_the_shipped_models_stored_config_loads_with_fields_added_since():
   assert config.data.npz.endswith("data/pneumoniamnist_28.npz") and os.path.isabs(config.data.npz)
 
 
-def test_the_shipped_resnet_baseline_gives_the_probabilities_it_shipped_with(tfds_dir):
-  """pretrained/pneumoniamnist_resnet18 loads from its own config (manifest checked, no optimizer state), was
-  chosen on validation half A, and gives the validation probabilities stored beside it (first 64 images)."""
+@pytest.mark.parametrize("name", ["pneumoniamnist_resnet18", "dermamnist_resnet18"])
+def test_a_shipped_resnet_baseline_gives_the_probabilities_it_shipped_with(tfds_dir, name):
+  """Each shipped ResNet-18 loads from its own config (manifest checked, no optimizer state), was chosen on
+  validation half A, gives the validation probabilities stored beside it (first 64 images) and reports its
+  config's positive class (none in the PneumoniaMNIST one's config.json, stored before ResNet configs had one)."""
   from medfusion import configcheck, stored_config
   from medfusion.data import pipeline
   from medfusion.evaluation import predictors
 
-  config = stored_config.get_config(SHIPPED_RESNET)
+  shipped = os.path.join(ROOT, "pretrained", name)
+  config = stored_config.get_config(shipped)
   configcheck.check(config)
   assert config.evals.classify.half == "A" and config.model.width == 64
   config.data.tfds_data_dir = tfds_dir
-  model = modeldir.load(config, SHIPPED_RESNET)
+  model = modeldir.load(config, shipped)
   assert model.which == "exported" and set(model.params) == {"params", "batch_stats"}
   split = pipeline.load_split(config.data, "val")
   part = pipeline.Split(split.images[:64], split.labels[:64], None)
-  totals, _ = predictors.score_in_memory(config, model, part, temperature=1.0)
-  with np.load(os.path.join(SHIPPED_RESNET, "predictions_val.npz")) as stored:
+  totals, result = predictors.score_in_memory(config, model, part, temperature=1.0)
+  melanoma = result["softmax"].get("positive_class", {}).get("name")  # DermaMNIST's ResNet reports it, as its config
+  assert melanoma == ("mel" if name == "dermamnist_resnet18" else None)
+  with np.load(os.path.join(shipped, "predictions_val.npz")) as stored:
     np.testing.assert_array_equal(stored["labels"][:64], totals.label)
     np.testing.assert_allclose(totals.probs, stored["probs"][:64], rtol=1e-4, atol=1e-6)
 
