@@ -45,9 +45,8 @@ def main():
   args = parser.parse_args()
   with np.load(args.errors) as stored:
     errors, t, labels = stored["errors"], stored["t"], stored["labels"]
-  if args.half != "all":
-    keep = pipeline.half_split(labels)[pipeline.HALVES.index(args.half) - 1]
-    errors, t, labels = errors[keep], t[keep], labels[keep]
+  keep = pipeline.half_rows(labels, args.half)
+  errors, t, labels = errors[keep], t[keep], labels[keep]
   c = errors.shape[1]
   names = args.class_names.split(",") if args.class_names else [str(i) for i in range(c)]
   prior = None

@@ -123,13 +123,20 @@ def half_split(labels: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarra
 HALVES = ("all", "A", "B")
 
 
-def split_half(split: Split, half: str, seed: int = 0) -> Split:
-  """The images of `split` in `half`: 'all', or 'A' / 'B' of `half_split(split.labels, seed)`, in index order."""
+def half_rows(labels: np.ndarray, half: str, seed: int = 0) -> np.ndarray:
+  """The indices in `half`: every one for 'all', else 'A' / 'B' of `half_split(labels, seed)`, in index order."""
   if half not in HALVES:
     raise ValueError(f"half={half!r} is not one of {HALVES}")
   if half == "all":
+    return np.arange(len(labels))
+  return half_split(labels, seed)[HALVES.index(half) - 1]
+
+
+def split_half(split: Split, half: str, seed: int = 0) -> Split:
+  """The images of `split` in `half` (`half_rows`); the split itself for 'all'."""
+  rows = half_rows(split.labels, half, seed)
+  if half == "all":
     return split
-  rows = half_split(split.labels, seed)[HALVES.index(half) - 1]
   masks = None if split.masks is None else split.masks[rows]
   return dataclasses.replace(split, images=split.images[rows], labels=split.labels[rows], masks=masks)
 
