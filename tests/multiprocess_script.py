@@ -20,7 +20,7 @@ from medfusion.evaluation import split_scoring
 from medfusion.training import diffusion_trainer
 
 STEPS = 3
-SCORED = 8
+SCORED = 16  # the evaluator's images: scoring reuses the kernel it compiled (same batch shape)
 
 
 def config(prepared: str):
