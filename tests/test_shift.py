@@ -67,6 +67,21 @@ def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monke
     config.classify.num_draws = 4
     shift.run(config, MODEL, "val", out, store_errors=True, **args)
 
+  # docs/shift_stopping.py replays stopping rules on the stored cells; at K = 2 in rounds of 2 none can stop early
+  monkeypatch.syspath_prepend(os.path.join(ROOT, "docs"))
+  import shift_stopping
+
+  replayed = shift_stopping.replay_cells(*shift_stopping.load_cells(os.path.join(out, "cells", "model")), orders=2)
+  assert set(replayed["cells"]) == set(cells)
+  for rule in shift_stopping.RULES:
+    assert set(replayed["summary"][rule]) == {"clean", "resampled", "color 1", "color 5", "noise 1", "noise 5"}
+    for cell in cells:
+      row = replayed["cells"][cell][rule]
+      assert row["nfe_per_image"] == row["full_nfe_per_image"] == 4.0
+      assert row["vote_auc_change"] in (0.0, None) and row["mean_aurc_change"] in (1.0, None)
+  with pytest.raises(SystemExit, match="holds no draws"):  # the ResNet's cells
+    shift_stopping.load_cells(os.path.join(out, "cells", "reference"))
+
 
 def test_cells_and_their_errors():
   cells = shift.parse_cells("pneumoniamnist", "pixelate, gamma_up", "3,1")

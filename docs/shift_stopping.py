@@ -1,0 +1,123 @@
+r"""Early-stopping rules replayed on every cell of a corruption benchmark's stored draws (issue 21: judge defaults
+on shifted data, not only on the clean split that chose them).
+
+  python docs/shift_stopping.py docs/shift/pneumoniamnist_val128_k16_errors.npz
+  python docs/shift_stopping.py OUT/cells/model        # the cells a `medfusion.shift --errors` run wrote
+
+Input: the draws `medfusion.shift --errors` keeps, as its cell folder (`<cell>.npz` with `errors` [N, C, K] and
+`label`) or gathered in one npz (`<cell>/errors` per cell, `labels`). Each named rule (`RULES`) is replayed on
+`--orders` orders of every cell's draws (`draw_analysis.reordered_stopping`), with one temperature for the mean
+aggregator fitted on the clean cell's full budget, and compared with the full budget of the same cell: vote and
+mean AUC, AURC and misclassification AUROC, evaluations per image, and which parts of
+`draw_analysis.STOPPING_TARGET` hold (cost excepted: at the K of a shift run no rule can reach it). Prints JSON:
+per cell and rule, and per rule the means over the cells of each family and severity.
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+from stopping_protocol import SHIPPED, replay
+
+from medfusion import metrics
+from medfusion.data import corruptions
+from medfusion.evaluation import draw_analysis
+
+RULES = {
+  "predictive, delta 0.02, R 2 (the old default)": SHIPPED,
+  "predictive, delta 0.05, R 2, margin floor 0.03": SHIPPED | {"delta": 0.05, "floors": [0.0, 0.03]},
+  "predictive, delta 0.02, R 2, margin floor 0.05": SHIPPED | {"floors": [0.0, 0.05]},
+  "predictive, delta 0.02, R 2, share floor 0.8": SHIPPED | {"floors": [0.8, 0.0]},
+}
+FIGURES = ("auc", "aurc", "misclassification_auroc")
+
+
+def group(cell: str) -> str:
+  """'<family> <severity>' for a cell named '<corruption>_<severity>' (MedMNIST-C families), else the cell itself
+  (clean, resampled)."""
+  name, _, severity = cell.rpartition("_")
+  found = [f for f, members in corruptions.FAMILIES.items() if name in members]
+  return f"{found[0]} {severity}" if found else cell
+
+
+def load_cells(path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """({cell: errors [N, C, K]}, labels [N]) from a shift run's cell folder or a gathered npz."""
+  if os.path.isdir(path):
+    cells, labels = {}, None
+    for name in sorted(n for n in os.listdir(path) if n.endswith(".npz")):
+      with np.load(os.path.join(path, name)) as cell:
+        if "errors" not in cell.files:
+          raise SystemExit(f"error: {os.path.join(path, name)} holds no draws (run medfusion.shift with --errors)")
+        cells[name.removesuffix(".npz")], labels = cell["errors"].astype(np.float64), cell["label"]
+    return cells, labels
+  with np.load(path) as stored:
+    cells = {k.split("/")[0]: stored[k].astype(np.float64) for k in stored.files if k.endswith("/errors")}
+    return cells, stored["labels"]
+
+
+def compare(stopped: dict, full: dict) -> dict:
+  """A stopped run's figures against the full budget's: differences (AUC, misclassification AUROC), ratios (AURC)."""
+  out = {"nfe_per_image": stopped["nfe_per_image"], "full_nfe_per_image": full["nfe_per_image"]}
+  for name in ("vote", "mean"):
+    for figure in FIGURES:
+      key = f"{name}_{figure}"
+      if stopped[key] is None or full[key] is None:
+        out[f"{key}_change"] = None
+      elif figure == "aurc":
+        out[f"{key}_change"] = stopped[key] / full[key] if full[key] > 0 else None
+      else:
+        out[f"{key}_change"] = stopped[key] - full[key]
+  return out
+
+
+def replay_cells(cells: dict[str, np.ndarray], labels: np.ndarray, orders: int, seed: int = 0) -> dict:
+  """Every rule of `RULES` on every cell against that cell's full budget (`compare`, and whether the target holds),
+  and per rule the means over the cells of each group (`group`)."""
+  if "clean" not in cells:
+    raise SystemExit("error: the draws have no clean cell to fit the temperature on")
+  temperature = metrics.fit_temperature(-cells["clean"].mean(axis=2), labels)
+  target = draw_analysis.STOPPING_TARGET | {"cost_share": 1.0}
+  per_cell = {}
+  for cell, errors in sorted(cells.items()):
+    per_cell[cell] = {}
+    for name, setting in RULES.items():
+      out = replay(errors, labels, setting, temperature, orders, seed)
+      met = draw_analysis.stopping_target_met(out["stopped"], out["full_budget"], target)
+      per_cell[cell][name] = compare(out["stopped"], out["full_budget"]) | {"target_met": met["all"]}
+  summary = {}
+  for name in RULES:
+    grouped = {}
+    for cell, rows in per_cell.items():
+      grouped.setdefault(group(cell), []).append(rows[name])
+    summary[name] = {}
+    for key, rows in grouped.items():
+      means = {}
+      for figure in rows[0]:
+        values = [r[figure] for r in rows]
+        if figure != "target_met":
+          means[figure] = float(np.mean(values)) if None not in values else None
+      means.update(cells=len(rows), cells_meeting_target=int(sum(r["target_met"] for r in rows)))
+      summary[name][key] = means
+  return {
+    "orders": orders,
+    "seed": seed,
+    "temperature": temperature,
+    "target": target,
+    "summary": summary,
+    "cells": per_cell,
+  }
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("errors", help="A shift run's cells/model folder or a gathered errors npz.")
+  parser.add_argument("--orders", type=int, default=100)
+  parser.add_argument("--seed", type=int, default=0)
+  args = parser.parse_args()
+  cells, labels = load_cells(args.errors)
+  print(json.dumps({"errors": args.errors} | replay_cells(cells, labels, args.orders, args.seed), indent=1))
+
+
+if __name__ == "__main__":
+  main()
