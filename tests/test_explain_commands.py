@@ -92,6 +92,8 @@ def test_explain_command_writes_panels_gallery_and_metrics(lesion_model, lesion_
     entry = result["counterfactuals"][method]
     assert {"valid_flip_rate", "flip_rate_judge", "change_inside", "change_outside"} <= set(entry)
     assert entry["valid_flip_rate"] <= entry["flip_rate_judge"]  # gating only removes flips
+    curve = entry["valid_flip_curve"]  # rises with the budget, up to the judge's flip rate
+    assert np.all(np.diff(curve["rates"]) >= 0) and curve["rates"][-1] <= entry["flip_rate_judge"]
   with np.load(output / "explanations.npz") as f:
     indices = f["index"].tolist()
     assert len(indices) == 4 and f["counterfactuals_ddim_inversion"].shape == (4, 2, 32, 32, 1)
@@ -166,6 +168,8 @@ def test_shipped_counterfactuals_flip_validly_more_often_than_a_blur(shipped):
   metrics, _, _ = shipped
   blur = metrics["references"]["blur"]
   assert metrics["counterfactuals"]["ddim_inversion"]["valid_flip_rate"] > blur["valid_flip_rate"]
+  curve_area = metrics["counterfactuals"]["ddim_inversion"]["valid_flip_curve"]["area"]
+  assert curve_area > max(metrics["references"][kind]["valid_flip_curve"]["area"] for kind in ("blur", "noise"))
   assert metrics["counterfactuals"]["ddim_inversion"]["toward_prediction_kept_rate_judge"] == 1.0
 
 

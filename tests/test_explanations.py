@@ -330,6 +330,9 @@ def test_pointing_game_tolerance_and_valid_flips():
   assert not scores.pointing_game(saliency_map, mask, tolerance=4) and scores.pointing_game(saliency_map, mask, 4.3)
   valid = scores.valid_flips([1, 1, 0, 1], [1, 1, 1, 1], [0.01, 0.2, 0.01, 0.05], threshold=0.05)
   assert valid.tolist() == [True, False, False, False]  # flipped and close; too far; not flipped; at the threshold
+  curve = scores.valid_flip_curve([1, 1, 0, 1], [1, 1, 1, 1], [0.01, 0.2, 0.01, np.inf], budgets=(0.01, 0.02, 0.3))
+  assert curve["rates"] == [0.0, 0.25, 0.5] and curve["area"] == 0.25  # strict at 0.01; never-flipped stays out
+  assert scores.valid_flip_curve([1], [1], [0.05])["budgets"] == list(scores.CHANGE_BUDGETS)
 
 
 # --- Faithfulness -------------------------------------------------------------------------------------------------

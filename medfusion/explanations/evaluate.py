@@ -2,7 +2,8 @@
 
 - Counterfactuals (`counterfactual_scores`): per method, the valid-flip rate (the independent ResNet judge calls it
   the target class AND the mean change outside the lesion mask, or over the whole image, is below
-  config.explain.valid_change), the judge's flip rate and the changes; the counterfactual toward the predicted
+  config.explain.valid_change) and its curve over change budgets (`scores.valid_flip_curve`: no threshold to
+  choose), the judge's flip rate and the changes; the counterfactual toward the predicted
   class (still called that class? how much did it change?); the diffusion classifier's flip rate only as a
   consistency check (the model that drew the counterfactual judges it).
 - Degradation references (`reference_scores`): a Gaussian blur and Gaussian noise at the weakest strength of a
@@ -94,6 +95,7 @@ def counterfactual_scores(ex: Explained, judge, classifier: DiffusionClassifier,
     if judge is not None:
       judged, kept_judged = (np.argmax(judge.probabilities(x), axis=1) for x in (pairs, kept))
       entry["valid_flip_rate"] = _mean(scores.valid_flips(judged, pair_target, change, spec.valid_change))
+      entry["valid_flip_curve"] = scores.valid_flip_curve(judged, pair_target, change)
       entry["flip_rate_judge"] = scores.flip_rate(judged, pair_target)
       entry["toward_prediction_kept_rate_judge"] = scores.flip_rate(kept_judged, predicted)
       valid_kept = scores.valid_flips(kept_judged, predicted, kept_change, spec.valid_change)
@@ -132,6 +134,7 @@ def reference_scores(ex: Explained, judge, spec: EvaluationSpec) -> dict:
       "ladder": list(ladder),
       "flip_rate_judge": _mean(~np.isnan(strength)),
       "valid_flip_rate": _mean(scores.valid_flips(judged, pair_target, change, spec.valid_change)),
+      "valid_flip_curve": scores.valid_flip_curve(judged, pair_target, change),
       "median_strength_that_flips": _mean([np.nanmedian(strength)]) if np.isfinite(strength).any() else None,
       "change_outside_at_that_strength": _mean(change),
     }

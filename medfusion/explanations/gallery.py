@@ -424,7 +424,11 @@ def score_tables(metrics: Mapping, titles: Mapping[str, str], layer: str) -> dic
     {f"reference: {k} at the strength that flips the judge": e for k, e in metrics.get("references", {}).items()}
   )
   keep = ("valid_flip_rate", "flip_rate_judge", "change_outside", "toward_prediction_kept_rate_judge")
-  flips = {name: {k: v for k, v in e.items() if k in keep} for name, e in flips.items()}
+  flips = {
+    name: {k: v for k, v in e.items() if k in keep}
+    | ({"valid_flip_area (budgets 0.01-0.30)": e["valid_flip_curve"]["area"]} if "valid_flip_curve" in e else {})
+    for name, e in flips.items()
+  }
   if flips:
     change = metrics.get("settings", {}).get("valid_change")
     tables[

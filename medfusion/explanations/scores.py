@@ -102,3 +102,15 @@ def valid_flips(judged, targets, changes, threshold: float) -> np.ndarray:
   if not judged.shape == targets.shape == changes.shape:
     raise ValueError(f"judged {judged.shape}, targets {targets.shape} and changes {changes.shape} differ in shape")
   return (judged == targets) & (changes < threshold)
+
+
+# Change budgets (mean |x - x_cf| on the [-1, 1] range) at which `valid_flip_curve` counts valid flips.
+CHANGE_BUDGETS = tuple(round(0.01 * i, 2) for i in range(1, 31))
+
+
+def valid_flip_curve(judged, targets, changes, budgets=CHANGE_BUDGETS) -> dict:
+  """`valid_flips`' rate at every change budget, and its mean over the budgets (`area`, 0-1): how often an edit
+  flips the judge within each budget, so edits compare without one threshold chosen for a dataset (without a
+  lesion mask, the change counts the class evidence itself)."""
+  rates = [float(np.mean(valid_flips(judged, targets, changes, b))) for b in budgets]
+  return {"budgets": list(budgets), "rates": rates, "area": float(np.mean(rates))}
