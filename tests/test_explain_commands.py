@@ -198,3 +198,25 @@ def test_deletion_curves_of_a_random_map_sit_at_the_reference(shipped):
   assert abs(out["other"]["deletion_auc"] - reference["deletion_auc"]) < 0.1
   counterfactual_map = metrics["faithfulness_judge"]["counterfactual_ddim_inversion"]
   assert counterfactual_map["deletion_auc"] < reference["deletion_auc"]
+
+
+@pytest.fixture(scope="module")
+def shipped_hard(tfds_dir, tmp_path_factory):
+  """--evaluate on the first 8 test images of the hard variant (4 with a lesion: one of each kind) with
+  pretrained/synthetic_lesions_hard and its judge, at 8 draws: explain_metrics content."""
+  workdir = os.path.join(ROOT, "pretrained", "synthetic_lesions_hard")
+  config = stored_config.get_config(workdir)
+  config.data.update(synthetic_config="hard_smoke", tfds_data_dir=tfds_dir)  # test images i are those of the full build
+  config.classify.update(num_draws=8, batch_size=8)
+  config.explain.update(batch_size=16, faithfulness_steps=FAITHFULNESS_STEPS)
+  out = tmp_path_factory.mktemp("shipped_hard")
+  judge = os.path.join(workdir, "judge")
+  return run.explain_split(config, workdir, "test", str(out), 8, judge_workdir=judge, evaluate=True)["metrics"]
+
+
+def test_shipped_hard_set_maps_follow_the_lesion_not_brightness(shipped_hard):
+  precision = {kind: entry["mask_size_precision"] for kind, entry in shipped_hard["maps"].items()}
+  assert shipped_hard["images_with_mask"] == 4
+  brightness = max(precision["blob"], precision["intensity"])  # no model: what brightness alone finds
+  for kind in ("error_difference", "counterfactual_ddim_inversion"):
+    assert precision[kind] > brightness + 0.3 and precision[kind] > precision["grad_cam"]
