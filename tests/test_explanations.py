@@ -449,7 +449,7 @@ def test_hard_variant_lesions_do_not_give_themselves_away_by_brightness():
       precision[variant].append(scores.mask_size_precision(maps.blob(x), mask))
     inside = mask[..., 0] > 0
     around = ndimage.binary_dilation(inside, iterations=2) & ~inside
-    contrast[synthetic_lesions.HARD_KINDS[(index // 2) % 4]].append(x[inside].mean() - x[around].mean())
+    contrast[synthetic_lesions.hard_kind(index)].append(x[inside].mean() - x[around].mean())
   healthy, _, _ = synthetic_lesions.render("test", 0, 32, "hard")
   np.testing.assert_array_equal(synthetic_lesions.render("test", 0, 32)[1], 0)
   assert np.mean(precision["default"]) > 0.4 and np.mean(precision["hard"]) < 0.2  # the blob detector fails

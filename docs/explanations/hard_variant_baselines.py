@@ -36,7 +36,7 @@ def model_free():
     for index in range(1, 64, 2):
       image, mask, _ = synthetic_lesions.render("test", index, 32, variant)
       x = image.astype(np.float32) / 127.5 - 1.0
-      kind = synthetic_lesions.HARD_KINDS[(index // 2) % 4] if variant == "hard" else "bright"
+      kind = synthetic_lesions.hard_kind(index) if variant == "hard" else "bright"
       for name, values in (("blob", maps.blob(x)), ("intensity", maps.intensity(x))):
         row = _row(values, mask)
         rows.setdefault((name, kind), []).append(row)
@@ -50,7 +50,7 @@ def explained(path: str):
     for key in (k for k in f.files if k.startswith("map_")):
       for values, mask, index in zip(f[key], f["masks"], f["index"], strict=True):
         if mask.any():
-          kind = synthetic_lesions.HARD_KINDS[(int(index) // 2) % 4]
+          kind = synthetic_lesions.hard_kind(index)
           rows.setdefault((key.removeprefix("map_"), kind), []).append(_row(values, mask[..., 0] > 0))
   _print("hard", rows)
 

@@ -21,7 +21,12 @@ CLASS_NAMES = ("healthy", "lesion")
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _SEED = 20240601
 VARIANTS = ("default", "hard")
-HARD_KINDS = ("same_mean", "dark", "texture", "beside_anatomy")  # lesion kind of lesion image i: (i // 2) % 4
+HARD_KINDS = ("same_mean", "dark", "texture", "beside_anatomy")
+
+
+def hard_kind(index: int) -> str:
+  """The lesion kind of image `index` of the hard variant (lesion images are the odd ones; kinds take turns)."""
+  return HARD_KINDS[(int(index) // 2) % len(HARD_KINDS)]
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -114,7 +119,7 @@ def _hard_variant(rng, image, x, y, thorax, centres, label: int, index: int):
   mask = np.zeros(x.shape, np.uint8)
   if not label:
     return image, mask
-  kind = HARD_KINDS[(index // 2) % len(HARD_KINDS)]
+  kind = hard_kind(index)
   cx, cy, rx, ry = centres[lesion_rng.integers(2)]
   if kind == "beside_anatomy":  # on the lung's inner edge, next to the spine and heart
     cx, cy = cx - np.sign(cx) * 0.8 * rx, cy + lesion_rng.uniform(0.0, 0.5) * ry
