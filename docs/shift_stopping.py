@@ -43,6 +43,8 @@ def group(cell: str) -> str:
 
 def load_cells(path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """({cell: errors [N, C, K]}, labels [N]) from a shift run's cell folder or a gathered npz."""
+  if not os.path.exists(path):
+    raise SystemExit(f"error: {path} does not exist (a shift run's cells/model folder or a gathered errors npz)")
   if os.path.isdir(path):
     cells, labels = {}, None
     for name in sorted(n for n in os.listdir(path) if n.endswith(".npz")):

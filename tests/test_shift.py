@@ -81,6 +81,8 @@ def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monke
       assert row["vote_auc_change"] in (0.0, None) and row["mean_aurc_change"] in (1.0, None)
   with pytest.raises(SystemExit, match="holds no draws"):  # the ResNet's cells
     shift_stopping.load_cells(os.path.join(out, "cells", "reference"))
+  with pytest.raises(SystemExit, match="does not exist"):
+    shift_stopping.load_cells(os.path.join(out, "cells", "absent"))
 
 
 def test_cells_and_their_errors():
