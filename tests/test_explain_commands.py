@@ -220,3 +220,20 @@ def test_shipped_hard_set_maps_follow_the_lesion_not_brightness(shipped_hard):
   brightness = max(precision["blob"], precision["intensity"])  # no model: what brightness alone finds
   for kind in ("error_difference", "counterfactual_ddim_inversion"):
     assert precision[kind] > brightness + 0.3 and precision[kind] > precision["grad_cam"]
+
+
+def test_diffusion_curve_ends_are_the_ends_of_the_curves(shipped, tmp_path, monkeypatch):
+  """docs/explanations/diffusion_curve_ends.py: the random-order deletion curve starts at the vote share on the images
+  and ends at the share on their removed versions (insertion the other way round), the same draws either way."""
+  monkeypatch.syspath_prepend(os.path.join(ROOT, "docs", "explanations"))
+  import diffusion_curve_ends
+
+  _, arrays, _ = shipped
+  explained = tmp_path / "explanations.npz"
+  np.savez(explained, **{key: arrays[key][:4] for key in ("images", "index", "prediction")})
+  out = diffusion_curve_ends.main(os.path.join(ROOT, "pretrained", "synthetic_lesions"), str(explained), draws=2)
+  deletion, insertion = out["random_order_mean_curves"]["deletion"], out["random_order_mean_curves"]["insertion"]
+  assert len(deletion) == len(insertion) == diffusion_curve_ends.STEPS + 1
+  assert deletion[0] == insertion[-1] == round(out["share_of_call_image"], 3)
+  assert deletion[-1] == insertion[0] == round(out["share_of_call_removed"], 3)
+  assert sum(out["calls_on_removed"].values()) == 4

@@ -17,13 +17,14 @@ from medfusion.data import pipeline
 from medfusion.evaluation.report import Totals
 
 
-def progress_bar(total: int, desc: str, initial: int = 0, enabled: bool = True) -> tqdm.tqdm:
-  """Images done, images/s and the time left; advanced after every kernel call (process 0 only)."""
+def progress_bar(total: int, desc: str, initial: int = 0, enabled: bool = True, unit: str = "img") -> tqdm.tqdm:
+  """Images (or other `unit`s) done, their rate and the time left; advanced after every kernel call (process 0
+  only)."""
   return tqdm.tqdm(
     total=total,
     initial=initial,
     desc=desc,
-    unit="img",
+    unit=unit,
     disable=not enabled or jax.process_index() != 0,
     # class pruning advances by fractions of images (classifier.Progress): whole images are shown
     bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]",

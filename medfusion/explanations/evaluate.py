@@ -163,14 +163,20 @@ def _areas(probability, images, saliencies, classes, steps: int, seed: int) -> d
   }
 
 
-def faithfulness_scores(ex: Explained, probability, classes, steps: int, kinds) -> dict:
-  """Deletion and insertion areas of the maps `kinds` (probability of `classes`), and of random pixel orders."""
-  out = {kind: _areas(probability, ex.images, ex.maps[kind], classes, steps, 0) for kind in kinds}
+def faithfulness_scores(ex: Explained, probability, classes, steps: int, kinds, desc: str = "faithfulness") -> dict:
+  """Deletion and insertion areas of the maps `kinds` (probability of `classes`), and of random pixel orders; a
+  progress bar `desc` counts the maps."""
+  out = {}
   shape = ex.images.shape[1:3]
   references = []
-  for r in range(RANDOM_ORDERS):
-    random = np.stack([maps.random_map(shape, 1000 * r + i) for i in range(len(ex.images))])
-    references.append(_areas(probability, ex.images, random, classes, steps, 1000 * r))
+  with split_runner.progress_bar(len(kinds) + RANDOM_ORDERS, desc, unit="map") as bar:
+    for kind in kinds:
+      out[kind] = _areas(probability, ex.images, ex.maps[kind], classes, steps, 0)
+      bar.update(1)
+    for r in range(RANDOM_ORDERS):
+      random = np.stack([maps.random_map(shape, 1000 * r + i) for i in range(len(ex.images))])
+      references.append(_areas(probability, ex.images, random, classes, steps, 1000 * r))
+      bar.update(1)
   out["random"] = {key: _mean([a[key] for a in references]) for key in references[0]}
   return out
 
@@ -234,16 +240,13 @@ def evaluate(ex: Explained, classifier: DiffusionClassifier, judge, config) -> d
   if ex.masks is not None:
     result["images_with_mask"] = int(sum(np.any(m > 0) for m in ex.masks))
     result["maps"] = mask_scores(ex)
-  with split_runner.progress_bar(len(ex.maps), "faithfulness (judge)") as bar:
-    kinds = list(ex.maps)
-    result["faithfulness_judge"] = faithfulness_scores(
-      ex, judge.probabilities, ex.judge_prediction, spec.faithfulness_steps, kinds
-    )
-    bar.update(len(kinds))
+  result["faithfulness_judge"] = faithfulness_scores(
+    ex, judge.probabilities, ex.judge_prediction, spec.faithfulness_steps, list(ex.maps), "faithfulness (judge)"
+  )
   if spec.faithfulness_draws:
     kinds = [k for k in DIFFUSION_CURVE_MAPS if k in ex.maps]
     probability = diffusion_probability(classifier, spec.faithfulness_draws, ex.indices)
     result["faithfulness_diffusion"] = faithfulness_scores(
-      ex, probability, ex.classified.prediction, spec.faithfulness_steps, kinds
+      ex, probability, ex.classified.prediction, spec.faithfulness_steps, kinds, "faithfulness (diffusion classifier)"
     )
   return result
