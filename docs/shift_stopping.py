@@ -58,11 +58,12 @@ def load_cells(path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return cells, stored["labels"]
 
 
-def compare(stopped: dict, full: dict) -> dict:
-  """A stopped run's figures against the full budget's: differences (AUC, misclassification AUROC), ratios (AURC)."""
+def compare(stopped: dict, full: dict, figures=FIGURES) -> dict:
+  """A stopped run's figures against the full budget's: differences (AUC, misclassification AUROC, accuracies),
+  ratios (AURC)."""
   out = {"nfe_per_image": stopped["nfe_per_image"], "full_nfe_per_image": full["nfe_per_image"]}
   for name in ("vote", "mean"):
-    for figure in FIGURES:
+    for figure in figures:
       key = f"{name}_{figure}"
       if stopped[key] is None or full[key] is None:
         out[f"{key}_change"] = None
@@ -70,6 +71,24 @@ def compare(stopped: dict, full: dict) -> dict:
         out[f"{key}_change"] = stopped[key] / full[key] if full[key] > 0 else None
       else:
         out[f"{key}_change"] = stopped[key] - full[key]
+  return out
+
+
+def group_means(per_cell: dict[str, dict]) -> dict[str, dict]:
+  """Per group of cells (`group`): the mean of every numeric figure of the cells' rows (None where a cell has none)
+  and the number of cells."""
+  grouped = {}
+  for cell, row in per_cell.items():
+    grouped.setdefault(group(cell), []).append(row)
+  out = {}
+  for key, rows in grouped.items():
+    means = {}
+    for figure, value in rows[0].items():
+      if isinstance(value, bool):
+        continue
+      values = [r[figure] for r in rows]
+      means[figure] = float(np.mean(values)) if None not in values else None
+    out[key] = means | {"cells": len(rows)}
   return out
 
 
@@ -89,18 +108,10 @@ def replay_cells(cells: dict[str, np.ndarray], labels: np.ndarray, orders: int, 
       per_cell[cell][name] = compare(out["stopped"], out["full_budget"]) | {"target_met": met["all"]}
   summary = {}
   for name in RULES:
-    grouped = {}
-    for cell, rows in per_cell.items():
-      grouped.setdefault(group(cell), []).append(rows[name])
-    summary[name] = {}
-    for key, rows in grouped.items():
-      means = {}
-      for figure in rows[0]:
-        values = [r[figure] for r in rows]
-        if figure != "target_met":
-          means[figure] = float(np.mean(values)) if None not in values else None
-      means.update(cells=len(rows), cells_meeting_target=int(sum(r["target_met"] for r in rows)))
-      summary[name][key] = means
+    summary[name] = group_means({cell: rows[name] for cell, rows in per_cell.items()})
+    for key, means in summary[name].items():
+      met = [per_cell[cell][name]["target_met"] for cell in per_cell if group(cell) == key]
+      means["cells_meeting_target"] = int(sum(met))
   return {
     "orders": orders,
     "seed": seed,

@@ -148,8 +148,8 @@ def export(config, workdir: str, output: str) -> int:
 
 
 def calibration_key(config, step: int) -> dict:
-  """What a fitted temperature depends on: the checkpoint and every setting that changes the error scale (a ResNet:
-  the checkpoint alone)."""
+  """What a fitted temperature depends on: the checkpoint and every setting that changes the error scale, class
+  pruning included (a pruned class keeps a placed mean error); a ResNet: the checkpoint alone."""
   if models.model_kind(config) == "resnet":
     return {"checkpoint_step": int(step)}
   c = config.classify
@@ -161,6 +161,7 @@ def calibration_key(config, step: int) -> dict:
     "num_draws": int(c.num_draws),
     "timesteps": c.timesteps,
     **({"symmetries": c.symmetries} if c.symmetries != "none" else {}),  # older fits keep their key
+    **({"prune_stages": [list(stage) for stage in c.prune_stages]} if c.prune_stages else {}),
   }
 
 

@@ -191,3 +191,5 @@ def test_a_fitted_temperature_is_stored_only_from_the_whole_eval_split_and_when_
   temperature, source = split_scoring._fit_or_fall_back(config, str(tmp_path), 3400, "val", totals)
   assert source == "fitted on val now"
   assert modeldir.stored_temperature(str(tmp_path), modeldir.calibration_key(config, 3400)) == temperature
+  config.classify.prune_stages = ((8, 1), (8, 1))  # pruning places the mean errors of dropped classes: its own fit
+  assert modeldir.stored_temperature(str(tmp_path), modeldir.calibration_key(config, 3400)) is None

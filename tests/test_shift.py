@@ -1,6 +1,7 @@
 """medfusion.shift end to end on the shipped PneumoniaMNIST model and its ResNet-18 judge (4 images, 2 draws), its
 resume, its summary arithmetic and its one-line errors."""
 
+import copy
 import json
 import os
 
@@ -83,6 +84,22 @@ def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monke
     shift_stopping.load_cells(os.path.join(out, "cells", "reference"))
   with pytest.raises(SystemExit, match="does not exist"):
     shift_stopping.load_cells(os.path.join(out, "cells", "absent"))
+
+  # docs/shift_compare.py compares two runs on the same images cell by cell, and per family and severity
+  import shift_compare
+
+  full = shift_compare.load(os.path.join(out, "shift.json"))
+  other = copy.deepcopy(full)
+  other["results"]["model"]["gaussian_noise_5"]["vote"]["accuracy"] -= 0.25
+  compared = shift_compare.compare_runs(full, other)
+  assert set(compared["cells"]) == set(cells) and compared["summary"]["noise 5"]["cells"] == 1
+  assert compared["cells"]["gaussian_noise_5"]["vote_accuracy_change"] == pytest.approx(-0.25)
+  assert compared["summary"]["noise 5"]["vote_accuracy_change"] == pytest.approx(-0.25)
+  assert compared["summary"]["noise 1"]["vote_accuracy_change"] == 0.0
+  assert all(row["mean_aurc_change"] in (1.0, None) for row in compared["cells"].values())
+  other["n"] = 5
+  with pytest.raises(SystemExit, match="differ in n"):
+    shift_compare.compare_runs(full, other)
 
 
 def test_cells_and_their_errors():
