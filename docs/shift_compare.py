@@ -19,10 +19,17 @@ SAME_IMAGES = ("split", "n", "corruption_set", "corruption_seed")
 
 
 def load(path: str) -> dict:
+  """A shift run's shift.json; a missing or unreadable file is a one-line error."""
   if not os.path.isfile(path):
     raise SystemExit(f"error: {path} is not a file (a medfusion.shift run's shift.json)")
   with open(path) as f:
-    return json.load(f)
+    try:
+      run = json.load(f)
+    except json.JSONDecodeError as e:
+      raise SystemExit(f"error: {path} is not JSON ({e})") from None
+  if not {"results", "models", *SAME_IMAGES} <= set(run):
+    raise SystemExit(f"error: {path} is not a medfusion.shift run's shift.json")
+  return run
 
 
 def flat(cell: dict) -> dict:
@@ -33,6 +40,9 @@ def flat(cell: dict) -> dict:
 
 def compare_runs(full: dict, other: dict, model: str = "model") -> dict:
   """OTHER's figures against FULL's on every cell both hold (`compare`), and their means per group."""
+  for run in (full, other):
+    if model not in run["results"]:
+      raise SystemExit(f"error: a run has no {model!r} results (it has {sorted(run['results'])})")
   for key in SAME_IMAGES:
     if full[key] != other[key]:
       raise SystemExit(f"error: the runs differ in {key} ({full[key]!r} against {other[key]!r}): not the same images")
@@ -54,7 +64,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("full", help="shift.json of the full-budget run")
   parser.add_argument("other", help="shift.json of the run compared with it")
-  parser.add_argument("--model", default="model", help="model or reference (the --compare workdir)")
+  parser.add_argument("--model", default="model", choices=("model", "reference"), help="reference: --compare")
   args = parser.parse_args()
   result = compare_runs(load(args.full), load(args.other), args.model)
   print(json.dumps({"full": args.full, "other": args.other} | result, indent=1))

@@ -237,3 +237,7 @@ def test_diffusion_curve_ends_are_the_ends_of_the_curves(shipped, tmp_path, monk
   assert deletion[0] == insertion[-1] == round(out["share_of_call_image"], 3)
   assert deletion[-1] == insertion[0] == round(out["share_of_call_removed"], 3)
   assert sum(out["calls_on_removed"].values()) == 4
+  with pytest.raises(SystemExit, match="absent.npz does not exist"):
+    diffusion_curve_ends.cli([os.path.join(ROOT, "pretrained", "synthetic_lesions"), str(tmp_path / "absent.npz")])
+  with pytest.raises(SystemExit):  # argparse: usage and one line, exit 2
+    diffusion_curve_ends.cli([os.path.join(ROOT, "pretrained", "synthetic_lesions"), str(explained), "0"])

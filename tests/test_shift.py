@@ -100,6 +100,14 @@ def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monke
   other["n"] = 5
   with pytest.raises(SystemExit, match="differ in n"):
     shift_compare.compare_runs(full, other)
+  del other["results"]["reference"]
+  with pytest.raises(SystemExit, match="no 'reference' results"):
+    shift_compare.compare_runs(full, other, "reference")
+  with pytest.raises(SystemExit, match="is not a file"):
+    shift_compare.load(os.path.join(out, "absent.json"))
+  (tmp_path / "broken.json").write_text('{"results": ')
+  with pytest.raises(SystemExit, match="broken.json is not JSON"):
+    shift_compare.load(str(tmp_path / "broken.json"))
 
 
 def test_cells_and_their_errors():

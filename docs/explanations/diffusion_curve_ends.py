@@ -8,6 +8,7 @@ reveal or remove pixels toward), the calls on the removed images, and the mean d
 random pixel order (the curves' reference), all on `draws` draws (default 16). Prints JSON.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -51,10 +52,20 @@ def main(workdir: str, explained: str, draws: int = 16) -> dict:
   }
 
 
-if __name__ == "__main__":
-  if len(sys.argv) not in (3, 4):
-    sys.exit(__doc__.strip().splitlines()[2].strip())
-  for path in sys.argv[1:3]:
+def cli(argv=None) -> dict:
+  """The command line: the model, the explain run's npz and the draws; a missing path is a one-line error."""
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("workdir", help="the model that explained the images (e.g. pretrained/dermamnist)")
+  parser.add_argument("explained", help="the explanations.npz of a medfusion.explain run")
+  parser.add_argument("draws", nargs="?", type=int, default=16, help="draws per vote share (default 16)")
+  args = parser.parse_args(argv)
+  for path in (args.workdir, args.explained):
     if not os.path.exists(path):
-      sys.exit(f"{path} does not exist")
-  print(json.dumps(main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])), indent=2))
+      raise SystemExit(f"error: {path} does not exist")
+  if args.draws < 1:
+    parser.error(f"draws={args.draws} must be positive")
+  return main(args.workdir, args.explained, args.draws)
+
+
+if __name__ == "__main__":
+  print(json.dumps(cli(), indent=2))
