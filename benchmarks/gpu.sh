@@ -2,6 +2,7 @@
 # Both benchmarks, small and paper scale and the original work's models, on one GPU, in about 10 minutes.
 #
 #   bash benchmarks/gpu.sh              # JSON and a log in $OUT if set, else benchmarks/results
+#   bash benchmarks/gpu.sh paper        # only the paper-scale bfloat16 kernel and train step (about 4 minutes)
 #
 # Needs python3 with jax (CUDA), flax, optax, orbax-checkpoint, scipy, absl-py, tqdm and ml_collections. The lent
 # GPU image has all but ml_collections: carry its wheel in .whl/ (see benchmarks/README.md; launch/gpu_env.sh
@@ -9,6 +10,8 @@
 # JSON after every configuration, so a timeout keeps what finished; bfloat16 runs first for that reason.
 set -u
 cd "$(dirname "$0")/.."
+only=${1:-all}
+[[ $only == all || $only == paper ]] || { echo "gpu.sh: unknown selection '$only' (all | paper)" >&2; exit 2; }
 out="${OUT:-benchmarks/results}"
 mkdir -p "$out"
 log="$out/gpu_log.txt"
@@ -20,6 +23,15 @@ source launch/gpu_env.sh
   # Kernel: small B=64 K=32 C=2 in chunks of 1024 evaluations; paper B=16 K=8 C=2 in chunks of 32 (the CPU
   # default of 32 would leave the GPU idle at small scale); loop batch 16. Paper float32 runs last: it is the
   # slowest and the least useful (the targets are bfloat16).
+  if [[ $only == paper ]]; then
+    timeout 120 "$py" -m benchmarks.kernel --model=paper --dtypes=bfloat16 --repeats=2 --chunk_size=32 \
+      --tag=paper --out_dir="$out"
+    echo "== kernel paper bfloat16 exit status $?"
+    timeout 120 "$py" -m benchmarks.train --model=paper --dtypes=bfloat16 --repeats=3 --out_dir="$out" --tag=paper
+    echo "== train paper bfloat16 exit status $?"
+    echo "== $(date -u +%FT%TZ) done"
+    exit 0
+  fi
   timeout 90 "$py" -m benchmarks.kernel --model=small --dtypes=bfloat16,float32 --repeats=3 --chunk_size=1024 \
     --tag=small --out_dir="$out"
   echo "== kernel small exit status $?"
