@@ -1,12 +1,17 @@
 """The launch scripts parse, and their dry runs print the train command they would run, touching nothing: every
 program a real run calls (gcloud, srun, python, git, tar, ...) is replaced by a stub that would leave a mark."""
 
+import ast
+import glob
+import importlib
 import os
 import shutil
 import subprocess
 
 import pytest
 from conftest import ROOT
+
+from medfusion import configcheck
 
 LAUNCH = os.path.join(ROOT, "launch")
 SCRIPTS = sorted(f for f in os.listdir(LAUNCH) if f.endswith((".sh", ".sbatch")))
@@ -108,3 +113,39 @@ def test_missing_arguments_print_the_usage(sandbox, script):
   proc = run(script, "--dry-run", CONFIG)
   assert proc.returncode != 0 and "usage:" in proc.stderr
   assert not marks.exists()
+
+
+VARIANT_FILES = sorted(glob.glob(os.path.join(LAUNCH, "variants", "*.txt")))
+
+
+def _variants(path):
+  """(name, config file, overrides) of each variant line of a gpu_variants.sh file."""
+  with open(path) as f:
+    lines = [line.split() for line in f if line.strip() and not line.startswith("#")]
+  return [(words[0], words[1], words[2:]) for words in lines]
+
+
+@pytest.mark.parametrize("path", VARIANT_FILES, ids=os.path.basename)
+def test_every_variant_names_a_config_that_takes_its_overrides(path):
+  """A typo in a prepared GPU call fails here, on the CPU, rather than minutes into a lease."""
+  variants = _variants(path)
+  assert variants and len({name for name, _, _ in variants}) == len(variants)
+  for name, config_file, overrides in variants:
+    module, _, arg = config_file.removesuffix(".py").partition(":")
+    config = importlib.import_module(module.replace("/", ".")).get_config(arg.removesuffix(".py"))
+    for override in overrides:
+      assert override.startswith("--config.") and "=" in override, (name, override)
+      field, value = override.removeprefix("--config.").split("=", 1)
+      parent, _, key = field.rpartition(".")
+      node = config
+      for part in filter(None, parent.split(".")):
+        node = node[part]
+      assert key in node, (name, override)
+      old = node[key]
+      if isinstance(old, tuple | bool):
+        new = ast.literal_eval(value.replace("true", "True").replace("false", "False"))
+      else:
+        new = type(old)(float(value) if isinstance(old, float | int) else value)
+        assert not isinstance(old, int) or float(value) == new, (name, override)
+      node[key] = new
+    configcheck.check(config)
