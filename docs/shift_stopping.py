@@ -3,6 +3,7 @@ on shifted data, not only on the clean split that chose them).
 
   python docs/shift_stopping.py docs/shift/pneumoniamnist_val128_k16_errors.npz
   python docs/shift_stopping.py OUT/cells/model        # the cells a `medfusion.shift --errors` run wrote
+  python docs/shift_stopping.py OUT/cells/model --gather docs/shift/NAME_errors.npz   # also keeps them as one npz
 
 Input: the draws `medfusion.shift --errors` keeps, as its cell folder (`<cell>.npz` with `errors` [N, C, K] and
 `label`) or gathered in one npz (`<cell>/errors` per cell, `labels`). Each named rule (`RULES`) is replayed on
@@ -20,7 +21,7 @@ import os
 import numpy as np
 from stopping_protocol import SHIPPED, replay
 
-from medfusion import metrics
+from medfusion import metrics, writers
 from medfusion.data import corruptions
 from medfusion.evaluation import draw_analysis
 
@@ -41,17 +42,35 @@ def group(cell: str) -> str:
   return f"{found[0]} {severity}" if found else cell
 
 
+def _folder_cells(folder: str):
+  """(cell name, its errors [N, C, K], timesteps [N, K], labels [N]) of each `<cell>.npz` in a shift run's cell
+  folder; a cell without draws is a one-line error."""
+  for name in sorted(n for n in os.listdir(folder) if n.endswith(".npz")):
+    with np.load(os.path.join(folder, name)) as cell:
+      if "errors" not in cell.files:
+        raise SystemExit(f"error: {os.path.join(folder, name)} holds no draws (run medfusion.shift with --errors)")
+      yield name.removesuffix(".npz"), cell["errors"], cell["t"], cell["label"]
+
+
+def gather(folder: str, output: str) -> None:
+  """Writes a cell folder's draws as one npz (`<cell>/errors`, `<cell>/t`, `labels`), the file docs/shift/ keeps."""
+  arrays, labels = {}, None
+  for cell, errors, t, cell_labels in _folder_cells(folder):
+    if labels is not None and not np.array_equal(labels, cell_labels):
+      raise SystemExit(f"error: {folder}/{cell}.npz holds other images than the folder's other cells")
+    arrays |= {f"{cell}/errors": errors, f"{cell}/t": t}
+    labels = cell_labels
+  writers.write_npz_atomic(output, labels=labels.astype(np.int32), **arrays)
+
+
 def load_cells(path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """({cell: errors [N, C, K]}, labels [N]) from a shift run's cell folder or a gathered npz."""
   if not os.path.exists(path):
     raise SystemExit(f"error: {path} does not exist (a shift run's cells/model folder or a gathered errors npz)")
   if os.path.isdir(path):
     cells, labels = {}, None
-    for name in sorted(n for n in os.listdir(path) if n.endswith(".npz")):
-      with np.load(os.path.join(path, name)) as cell:
-        if "errors" not in cell.files:
-          raise SystemExit(f"error: {os.path.join(path, name)} holds no draws (run medfusion.shift with --errors)")
-        cells[name.removesuffix(".npz")], labels = cell["errors"].astype(np.float64), cell["label"]
+    for cell, errors, _, cell_labels in _folder_cells(path):
+      cells[cell], labels = errors.astype(np.float64), cell_labels
     return cells, labels
   with np.load(path) as stored:
     cells = {k.split("/")[0]: stored[k].astype(np.float64) for k in stored.files if k.endswith("/errors")}
@@ -127,7 +146,12 @@ def main():
   parser.add_argument("errors", help="A shift run's cells/model folder or a gathered errors npz.")
   parser.add_argument("--orders", type=int, default=100)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--gather", metavar="NPZ", help="Also write a cell folder's draws to this npz (docs/shift/).")
   args = parser.parse_args()
+  if args.gather:
+    if not os.path.isdir(args.errors):
+      raise SystemExit(f"error: --gather needs a shift run's cells/model folder, not {args.errors}")
+    gather(args.errors, args.gather)
   cells, labels = load_cells(args.errors)
   print(json.dumps({"errors": args.errors} | replay_cells(cells, labels, args.orders, args.seed), indent=1))
 

@@ -73,6 +73,16 @@ def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monke
   import shift_stopping
 
   replayed = shift_stopping.replay_cells(*shift_stopping.load_cells(os.path.join(out, "cells", "model")), orders=2)
+  gathered = str(tmp_path / "gathered.npz")  # the one-file form docs/shift/ keeps loads as the folder does
+  shift_stopping.gather(os.path.join(out, "cells", "model"), gathered)
+  (folder_cells, folder_labels), (npz_cells, npz_labels) = (
+    shift_stopping.load_cells(os.path.join(out, "cells", "model")),
+    shift_stopping.load_cells(gathered),
+  )
+  assert sorted(npz_cells) == sorted(folder_cells) and np.array_equal(npz_labels, folder_labels)
+  assert all(np.array_equal(npz_cells[c], folder_cells[c]) for c in folder_cells)
+  with np.load(gathered) as f:
+    assert f["clean/t"].shape == f["clean/errors"].shape[::2]  # [N, K] beside [N, C, K]
   assert set(replayed["cells"]) == set(cells)
   for rule in shift_stopping.RULES:
     assert set(replayed["summary"][rule]) == {"clean", "resampled", "color 1", "color 5", "noise 1", "noise 5"}
