@@ -54,7 +54,9 @@ variant() {  # variant NAME CONFIG OVERRIDES...: train, export, sweep
     mkdir -p "pretrained/$name"
     cp "runs/$name/config.json" "pretrained/$name/"
     # the checkpoint holds the optimizer state too: kept up to 20 MB (a narrow judge), the rest stays in runs/
-    keeps_params "$name" && (( $(du -sm "runs/$name/best" | cut -f1) <= 20 )) && cp -r "runs/$name/best" "pretrained/$name/"
+    if keeps_params "$name" && (( $(du -sm "runs/$name/best" | cut -f1) <= 20 )); then
+      cp -r "runs/$name/best" "pretrained/$name/"
+    fi
     cp "runs/$name/"metrics_val.json "runs/$name/"predictions_val.npz "pretrained/$name/" 2>/dev/null
   else  # export and sweep read the run's own config.json (its overrides included)
     "$py" -m medfusion.export --workdir="runs/$name" --output="pretrained/$name" > /dev/null 2>&1
