@@ -83,6 +83,9 @@ def test_shift_scores_both_models_on_the_same_images_and_resumes(tmp_path, monke
   assert all(np.array_equal(npz_cells[c], folder_cells[c]) for c in folder_cells)
   with np.load(gathered) as f:
     assert f["clean/t"].shape == f["clean/errors"].shape[::2]  # [N, K] beside [N, C, K]
+  monkeypatch.setattr("sys.argv", ["shift_stopping.py", gathered, "--gather", str(tmp_path / "again.npz")])
+  with pytest.raises(SystemExit, match="--gather needs a shift run's cells/model folder"):
+    shift_stopping.main()
   assert set(replayed["cells"]) == set(cells)
   for rule in shift_stopping.RULES:
     assert set(replayed["summary"][rule]) == {"clean", "resampled", "color 1", "color 5", "noise 1", "noise 5"}
